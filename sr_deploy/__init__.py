@@ -1,0 +1,10 @@
+"""srdeploy: efficient image super-resolution from training to TensorRT."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("srdeploy")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

@@ -1,0 +1,15 @@
+"""User-facing errors: the CLI prints their message as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class SRDeployError(Exception):
+    """A mistake the user can fix (bad file, bad flag, missing dependency). Message: one line, names the culprit."""
+
+
+class MissingDependencyError(SRDeployError):
+    """An optional dependency or device (TensorRT, pycuda, a GPU, matplotlib) is not available."""
+
+
+class GateFailedError(SRDeployError):
+    """A numeric check (equivalence proof, accuracy gate) failed, so nothing was written."""
