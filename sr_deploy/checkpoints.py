@@ -217,7 +217,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+        with safe_open(str(path), framework="pt") as f:
             meta: dict[str, str] = dict(f.metadata() or {})
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -319,7 +319,8 @@ def ntire_state_dict(model: IMDN) -> dict[str, torch.Tensor]:
     """The state dict in the challenge's own key layout (plain models only)."""
     if model.spec.clb:
         raise SRDeployError(
-            f"{model.spec.name} is a training-time (CLB) model; collapse it first (srdeploy fuse) to export NTIRE layout"
+            f"{model.spec.name} is a training-time (CLB) model; "
+            "collapse it first (srdeploy fuse) to export the NTIRE layout"
         )
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
 
@@ -334,3 +335,85 @@ def save_ntire(model: IMDN, path: str | Path) -> Path:
 
 def describe_meta(meta: dict[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class FuseReport:
+    """What `srdeploy fuse` did: the forms, parameter counts and the equivalence proof."""
+
+    source: str
+    source_sha256: str
+    output: str
+    output_format: str
+    arch_in: str
+    arch_out: str
+    params_in: int
+    params_out: int
+    equivalence: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "output": self.output,
+            "output_format": self.output_format,
+            "arch_in": self.arch_in,
+            "arch_out": self.arch_out,
+            "params_in": self.params_in,
+            "params_out": self.params_out,
+            "equivalence": dict(self.equivalence),
+        }
+
+
+def output_format_for(path: str | Path, requested: str | None) -> Literal["safetensors", "ntire"]:
+    """`requested` if given, else from the extension: .pth/.pt -> ntire, anything else -> safetensors."""
+    if requested is None:
+        return "ntire" if Path(path).suffix.lower() in (".pth", ".pt") else "safetensors"
+    if requested not in ("safetensors", "ntire"):
+        raise SRDeployError(f"--format {requested!r}: expected safetensors or ntire")
+    return "ntire" if requested == "ntire" else "safetensors"
+
+
+def fuse_checkpoint(
+    source: str | Path,
+    output: str | Path,
+    *,
+    output_format: str | None = None,
+    report_path: str | Path | None = None,
+    seed: int = 0,
+) -> FuseReport:
+    """Collapse a training-time checkpoint, prove it equal, and only then write it (atomically)."""
+    from sr_deploy.fileio import check_output_path, write_text_atomic
+
+    fmt = output_format_for(output, output_format)
+    check_output_path(output, "-o")
+    if report_path is not None:
+        check_output_path(report_path, "--report")
+    weights = load_weights(source)
+    train_model = weights.build()
+    deploy, proof = collapse_verified(train_model, seed=seed)
+    assert isinstance(deploy, IMDN)
+    if fmt == "ntire":
+        save_ntire(deploy, output)
+    else:
+        save_weights(
+            deploy,
+            output,
+            source=weights.provenance.get("source", weights.source),
+            source_sha256=weights.provenance.get("source_sha256", weights.sha256),
+            extra={"fused_from_sha256": weights.sha256},
+        )
+    report = FuseReport(
+        source=weights.source,
+        source_sha256=weights.sha256,
+        output=str(output),
+        output_format=fmt,
+        arch_in=train_model.spec.name,
+        arch_out=deploy.spec.name,
+        params_in=sum(p.numel() for p in train_model.parameters()),
+        params_out=sum(p.numel() for p in deploy.parameters()),
+        equivalence=proof.to_dict(),
+    )
+    if report_path is not None:
+        write_text_atomic(report_path, json.dumps(report.to_dict(), indent=2) + "\n", "--report")
+    return report

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from sr_deploy.errors import SRDeployError
 
@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except SRDeployError as e:
         print(f"srdeploy: error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("srdeploy: aborted", file=sys.stderr)
         return 130
-    except click.exceptions.ClickException as e:
+    except TyperException as e:
         # Usage errors (bad flag value, missing argument): one line, naming the flag.
         print(f"srdeploy: error: {e.format_message()}", file=sys.stderr)
         return e.exit_code

@@ -105,7 +105,7 @@ def fold_parallel(module: ParallelConv, name: str = "ParallelConv") -> nn.Conv2d
         if kh != kw or kh % 2 == 0:
             raise SRDeployError(f"cannot fold {where}: kernel {conv.kernel_size} must be square and odd")
         centred = tuple(d * (kh - 1) // 2 for d in conv.dilation)
-        if tuple(conv.padding) != centred or conv.padding_mode != "zeros":  # type: ignore[arg-type]
+        if tuple(conv.padding) != centred or conv.padding_mode != "zeros":
             raise SRDeployError(
                 f"cannot fold {where}: padding {conv.padding} ({conv.padding_mode}) is not the centred "
                 f"zero padding {centred}, so branches would be misaligned"

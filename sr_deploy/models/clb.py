@@ -32,7 +32,7 @@ class ParallelConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branches[0](x)
+        out: torch.Tensor = self.branches[0](x)
         for b in self.branches[1:]:
             out = out + b(x)
         if self.identity is not None:

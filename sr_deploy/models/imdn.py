@@ -35,11 +35,12 @@ class IMDBlock(nn.Module):
         self.conv1x1 = nn.Conv2d(4 * d, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d1, r1 = torch.split(self.conv1(x), (self.distilled, self.remaining), dim=1)
-        d2, r2 = torch.split(self.conv2(r1), (self.distilled, self.remaining), dim=1)
-        d3, r3 = torch.split(self.conv3(r2), (self.distilled, self.remaining), dim=1)
+        d1, r1 = torch.split(self.conv1(x), [self.distilled, self.remaining], dim=1)
+        d2, r2 = torch.split(self.conv2(r1), [self.distilled, self.remaining], dim=1)
+        d3, r3 = torch.split(self.conv3(r2), [self.distilled, self.remaining], dim=1)
         d4 = self.conv4(r3)
-        return x + self.conv1x1(torch.cat((d1, d2, d3, d4), dim=1))
+        out: torch.Tensor = x + self.conv1x1(torch.cat((d1, d2, d3, d4), dim=1))
+        return out
 
 
 class ShortcutBlock(nn.Module):
@@ -50,7 +51,8 @@ class ShortcutBlock(nn.Module):
         self.sub = sub
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.sub(x)
+        out: torch.Tensor = x + self.sub(x)
+        return out
 
 
 class IMDN(nn.Module):

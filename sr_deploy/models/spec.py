@@ -117,8 +117,6 @@ def preset(name: str) -> ModelSpec:
     """Spec for `imdn-b{N}` or `imdn-b{N}-clb`."""
     m = _PRESET_RE.match(name.strip().lower())
     if not m:
-        raise SRDeployError(
-            f"unknown architecture {name!r}: expected one of {', '.join(PRESETS)} or imdn-b<N>[-clb]"
-        )
+        raise SRDeployError(f"unknown architecture {name!r}: expected one of {', '.join(PRESETS)} or imdn-b<N>[-clb]")
     spec = ModelSpec(blocks=int(m.group("blocks")))
     return spec.with_clb() if m.group("clb") else spec

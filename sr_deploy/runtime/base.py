@@ -36,8 +36,13 @@ class BackendInfo:
         return f"{self.name}-{self.device}-{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "device": self.device, "precision": self.precision, "label": self.label,
-                "details": dict(self.details)}
+        return {
+            "name": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "label": self.label,
+            "details": dict(self.details),
+        }
 
 
 class Backend(abc.ABC):

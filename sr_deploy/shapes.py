@@ -1,0 +1,23 @@
+"""Parsing of size flags shared by the commands (HxW, NxCxHxW)."""
+
+from __future__ import annotations
+
+from sr_deploy.errors import SRDeployError
+
+
+def parse_dims(text: str, flag: str, count: int) -> tuple[int, ...]:
+    """`text` like '339x510' (count=2) or '1x3x64x64' (count=4) as positive ints, else one clear error."""
+    parts = text.lower().replace("*", "x").split("x")
+    example = "x".join(["256"] * count) if count == 2 else "1x3x256x256"
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != count or any(d <= 0 for d in dims):
+        raise SRDeployError(f"{flag} {text!r}: expected {count} positive integers like {example}")
+    return dims
+
+
+def parse_hw(text: str, flag: str) -> tuple[int, int]:
+    h, w = parse_dims(text, flag, 2)
+    return h, w
