@@ -1,0 +1,146 @@
+"""`srdeploy eval`: PSNR/SSIM of a model on an HR set, with the challenge's conventions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sr_deploy.errors import SRDeployError
+from sr_deploy.imaging.io import from_model_output, list_images, quantize, read_image, to_tensor_layout
+from sr_deploy.imaging.metrics import psnr, ssim
+from sr_deploy.imaging.resize import imresize, modcrop
+
+RunFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    name: str
+    hr: Path
+    lr: Path | None  # None: made from the modcropped HR with the MATLAB bicubic
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    name: str
+    lr_hw: tuple[int, int]
+    psnr_rgb: float
+    psnr_y: float
+    ssim_y: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "lr_hw": list(self.lr_hw),
+            "psnr_rgb": self.psnr_rgb,
+            "psnr_y": self.psnr_y,
+            "ssim_y": self.ssim_y,
+        }
+
+
+@dataclass
+class EvalReport:
+    weights: str
+    weights_sha256: str
+    arch: str
+    backend: str
+    scale: int
+    crop_border: int
+    lr_source: str  # "folder" or "bicubic"
+    images: list[ImageScore] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def mean(self, metric: str) -> float:
+        values = [getattr(s, metric) for s in self.images]
+        return float(np.mean(values)) if values else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "arch": self.arch,
+            "backend": self.backend,
+            "scale": self.scale,
+            "crop_border": self.crop_border,
+            "lr_source": self.lr_source,
+            "mean": {m: self.mean(m) for m in ("psnr_rgb", "psnr_y", "ssim_y")},
+            "images": [s.to_dict() for s in self.images],
+            "failures": dict(self.failures),
+        }
+
+
+def pair_eval_images(hr_dir: str | Path, lr_dir: str | Path | None) -> list[EvalPair]:
+    """HR images with their LR partners (equal names, or DIV2K 0801x4.png ~ 0801.png); unpaired ones named."""
+    from sr_deploy.bench import pair_images
+
+    hrs = list_images(hr_dir)
+    if lr_dir is None:
+        return [EvalPair(p.name, p, None) for p in hrs]
+    pairs = pair_images(list_images(lr_dir), hrs)
+    return [EvalPair(hr.name, hr, lr) for lr, hr in pairs]
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The LR image the benchmarks use: MATLAB bicubic 1/scale of HR/255 (antialiased), rounded to uint8."""
+    return quantize(imresize(hr.astype(np.float64) / 255.0, 1.0 / scale), 8)
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    out: np.ndarray = np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
+    return out
+
+
+def load_pair(pair: EvalPair, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, modcropped HR) as uint8 RGB, checking that their sizes agree at `scale`."""
+    hr_full = _to_uint8(read_image(pair.hr).rgb)
+    if min(hr_full.shape[:2]) < scale:
+        raise SRDeployError(f"{pair.hr}: {hr_full.shape[0]}x{hr_full.shape[1]} is smaller than the scale x{scale}")
+    hr = modcrop(hr_full, scale)
+    if pair.lr is None:
+        return bicubic_lr(hr, scale), hr
+    lr = _to_uint8(read_image(pair.lr).rgb)
+    if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
+        raise SRDeployError(
+            f"LR {pair.lr} is {lr.shape[0]}x{lr.shape[1]} but HR {pair.hr} is {hr_full.shape[0]}x{hr_full.shape[1]}:"
+            f" at x{scale} the LR must be {hr.shape[0] // scale}x{hr.shape[1] // scale}"
+        )
+    return lr, hr
+
+
+def score_image(name: str, run: RunFn, lr: np.ndarray, hr: np.ndarray, crop_border: int) -> ImageScore:
+    sr = from_model_output(run(to_tensor_layout(lr)), 8)
+    if sr.shape != hr.shape:
+        raise SRDeployError(f"{name}: output {sr.shape} does not match HR {hr.shape}")
+    return ImageScore(
+        name=name,
+        lr_hw=(int(lr.shape[0]), int(lr.shape[1])),
+        psnr_rgb=psnr(sr, hr, crop_border=crop_border, y_channel=False),
+        psnr_y=psnr(sr, hr, crop_border=crop_border, y_channel=True),
+        ssim_y=ssim(sr, hr, crop_border=crop_border, y_channel=True),
+    )
+
+
+def evaluate(
+    run: RunFn,
+    pairs: Sequence[EvalPair],
+    report: EvalReport,
+    *,
+    on_image: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Score every pair into `report`; an image that fails is recorded by name and the rest go on."""
+    for pair in pairs:
+        try:
+            lr, hr = load_pair(pair, report.scale)
+            report.images.append(score_image(pair.name, run, lr, hr, report.crop_border))
+        except SRDeployError as e:
+            report.failures[pair.name] = str(e)
+        if on_image is not None:
+            on_image(pair.name)
+    return report
