@@ -43,7 +43,7 @@ def test_pairs_equal_names_and_div2k_names(tmp_path: Path) -> None:
         ("bird.png", "bird.png"),
     }
     _write(lr / "stray.png", _rng_image(4, 4, 4))
-    with pytest.raises(SRDeployError, match="stray.png"):
+    with pytest.raises(SRDeployError, match=r"stray\.png"):
         pair_eval_images(hr, lr)
 
 

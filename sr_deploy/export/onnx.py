@@ -1,0 +1,775 @@
+"""ONNX export of a deploy-form IMDN, in FP32 or FP16, verified against torch before anything is written.
+
+Exporter: torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, onnxscript). In torch 2.13 it gives a
+clean graph (Conv, LeakyRelu, Split, Add, Concat, one DepthToSpace in CRD mode; no Shape/Reshape arithmetic, no
+Constant nodes) with symbolic batch/height/width. The legacy TorchScript exporter (``dynamo=False``) gives the same
+operators plus a Constant and is about 10x faster to trace, but it is deprecated and warns on every call.
+
+FP16 route: the module itself is exported in half, with the casts written out in ``_DeployGraph``, so every Cast in
+the graph is one we put there on purpose (checked by ``cast_audit``). Measured with team26's weights on Set5
+(Y-PSNR, fp32 = 32.1949 dB): this half export and onnxconverter-common's ``convert_float_to_float16(keep_io_types=
+True)`` give the same ONNX Runtime output (80.2 dB from fp32, Y 32.1947), but the converter also clamps small
+weights with only a warning and needs one more dependency; ModelOpt AutoCast would be a heavy dependency for a graph
+with no overflow risk (no attention, no global reductions). ONNX Runtime's CPU provider has no FP16 Conv on x86: it
+computes FP16 graphs in FP32 from FP16 weights, which flatters them. So FP16 exports are also run in torch in real
+half arithmetic (73.1 dB, Y 32.1943; with the upsampler conv kept in FP32 74.1 dB, Y 32.1946) and the gates take the
+worse of the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from sr_deploy import __version__
+from sr_deploy.errors import GateFailedError, SRDeployError
+from sr_deploy.fileio import atomic_path, check_output_path, sha256_file
+from sr_deploy.fusion import collapse_verified
+from sr_deploy.models.imdn import IMDN
+from sr_deploy.models.spec import ModelSpec
+
+Precision = Literal["fp32", "fp16"]
+
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+DEFAULT_OPSET = 18
+#: The dynamo exporter emits opset 18 natively; 17 is the lowest its down-converter reaches for this graph
+#: (below that the ONNX C API version converter has no adapter for the exporter's Shape usage).
+MIN_OPSET = 17
+#: Highest opset the installed exporter writes; TensorRT 10.x parses up to about 22, so 18 stays the default.
+MAX_OPSET = 25
+
+#: Every operator the export may contain. Each is in TensorRT's ONNX parser's supported-operator list
+#: (onnx-tensorrt docs/operators.md) for FP32 and FP16; tests hold the exact set per precision.
+TRT_SUPPORTED_OPS: frozenset[str] = frozenset({"Conv", "LeakyRelu", "Split", "Add", "Concat", "DepthToSpace", "Cast"})
+
+META_FORMAT = "srdeploy.format"
+META_KEYS = ("spec", "scale", "srdeploy_version", "weights_sha256", "precision", "io")
+
+_ONNX_DTYPES: dict[int, str] = {int(onnx.TensorProto.FLOAT): "float32", int(onnx.TensorProto.FLOAT16): "float16"}
+
+
+def _dtype_name(elem_type: int) -> str:
+    return _ONNX_DTYPES.get(int(elem_type), f"onnx type {elem_type}")
+
+
+# ---------------------------------------------------------------------------------------------- reports
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+    rule: str  # "<=" or ">="
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class ExportGates:
+    """Thresholds of the verification that every export runs (issue 5, item 3)."""
+
+    fp32_max_abs: float = 1e-4
+    fp16_min_psnr_db: float = 50.0
+    fp16_max_y_psnr_drop_db: float = 0.02
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "fp32_max_abs": self.fp32_max_abs,
+            "fp16_min_psnr_db": self.fp16_min_psnr_db,
+            "fp16_max_y_psnr_drop_db": self.fp16_max_y_psnr_drop_db,
+        }
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A verification input: LR as 1x3xHxW float32 in [0, 1], optionally its HR as HxWx3 uint8 RGB."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray | None = None
+
+
+@dataclass
+class VerificationReport:
+    """ONNX Runtime's output against torch FP32's on the same inputs (polygraphy-style statistics)."""
+
+    inputs: str  # "Set5 (5 images)" or "random (2 inputs, seed 0)"
+    real_images: bool
+    max_abs: float
+    mean_abs: float
+    psnr_db: float  # ONNX vs torch FP32 output, peak 1.0, unclamped outputs
+    finite: bool
+    y_psnr_torch_fp32: float | None = None  # mean Y-PSNR against HR (when HR images were given)
+    y_psnr_onnx: float | None = None
+    # FP16 only: the same graph run by torch in real half arithmetic on the CPU. ONNX Runtime's CPU provider
+    # has no FP16 Conv on x86 and computes it in FP32 from FP16 weights, which flatters FP16 by ~7 dB; TensorRT
+    # and torch really compute in half, so the gates take the worse of the two.
+    psnr_db_torch_half: float | None = None
+    y_psnr_torch_half: float | None = None
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": self.inputs,
+            "real_images": self.real_images,
+            "max_abs": self.max_abs,
+            "mean_abs": self.mean_abs,
+            "psnr_db": self.psnr_db,
+            "finite": self.finite,
+            "y_psnr_torch_fp32": self.y_psnr_torch_fp32,
+            "y_psnr_onnx": self.y_psnr_onnx,
+            "psnr_db_torch_half": self.psnr_db_torch_half,
+            "y_psnr_torch_half": self.y_psnr_torch_half,
+            "gates": [g.to_dict() for g in self.gates],
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class OnnxExportReport:
+    path: str
+    sha256: str
+    precision: Precision
+    io: Precision
+    opset: int
+    static_hw: tuple[int, int] | None
+    keep_last_conv_fp32: bool
+    spec: ModelSpec
+    weights_sha256: str
+    ops: dict[str, int]
+    casts: list[dict[str, str]]
+    size_bytes: int
+    verification: VerificationReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "precision": self.precision,
+            "io": self.io,
+            "opset": self.opset,
+            "static_hw": list(self.static_hw) if self.static_hw else None,
+            "keep_last_conv_fp32": self.keep_last_conv_fp32,
+            "spec": self.spec.to_dict(),
+            "weights_sha256": self.weights_sha256,
+            "ops": dict(self.ops),
+            "casts": [dict(c) for c in self.casts],
+            "size_bytes": self.size_bytes,
+            "verification": self.verification.to_dict() if self.verification else None,
+        }
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What srdeploy wrote into an ONNX file's metadata_props, read back."""
+
+    path: str
+    spec: ModelSpec
+    scale: int
+    srdeploy_version: str
+    weights_sha256: str
+    precision: str
+    io: str
+    opset: int
+    input_dtype: str
+    static_hw: tuple[int, int] | None
+    props: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "spec": self.spec.to_dict(),
+            "scale": self.scale,
+            "srdeploy_version": self.srdeploy_version,
+            "weights_sha256": self.weights_sha256,
+            "precision": self.precision,
+            "io": self.io,
+            "opset": self.opset,
+            "input_dtype": self.input_dtype,
+            "static_hw": list(self.static_hw) if self.static_hw else None,
+            "props": dict(self.props),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def is_onnx_file(path: str | Path) -> bool:
+    """True when `path` is an ONNX model, by extension or by content (weights are zip/pickle/safetensors)."""
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return True
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        head = f.read(2)
+    # A ModelProto starts with field 1 (ir_version, varint: tag 0x08) followed by a small version number;
+    # torch zips start with "PK", pickles with 0x80, safetensors with an 8-byte little-endian length.
+    if len(head) < 2 or head[0] != 0x08 or not 3 <= head[1] <= 20:
+        return False
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # protobuf raises its own DecodeError type; anything unreadable is simply "not ONNX"
+        return False
+    return len(model.graph.node) > 0
+
+
+def model_file_kind(path: str | Path) -> Literal["onnx", "tensorrt-engine", "weights"]:
+    """What a file given to a command that takes either a model graph or weights is, by content where it can be."""
+    p = Path(path)
+    if is_onnx_file(p):
+        return "onnx"
+    if p.suffix.lower() in (".engine", ".plan", ".trt"):
+        return "tensorrt-engine"
+    return "weights"
+
+
+def require_weights_path(path: str | Path, flag: str = "--weights") -> Path:
+    """Refuse an ONNX file where weights are expected, naming the flag."""
+    p = Path(path)
+    if is_onnx_file(p):
+        raise SRDeployError(f"{flag} {p}: is an ONNX model, expected weights (.safetensors or .pth)")
+    return p
+
+
+def require_onnx_path(path: str | Path, flag: str = "--onnx") -> Path:
+    """Refuse weights (or anything not ONNX) where an ONNX model is expected, naming the flag."""
+    p = Path(path)
+    if not p.is_file():
+        raise SRDeployError(f"{flag} {p}: no such file")
+    if not is_onnx_file(p):
+        raise SRDeployError(f"{flag} {p}: is not an ONNX model (weights? export one with srdeploy export-onnx)")
+    return p
+
+
+def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
+    """The spec, precision and provenance srdeploy stored in an ONNX file."""
+    p = require_onnx_path(path, "ONNX file")
+    model = onnx.load(str(p), load_external_data=False)
+    props = {m.key: m.value for m in model.metadata_props}
+    missing = [k for k in META_KEYS if k not in props]
+    if missing:
+        raise SRDeployError(f"{p}: not written by srdeploy export-onnx (metadata lacks {', '.join(missing)})")
+    spec = ModelSpec.from_json(props["spec"])
+    inp = model.graph.input[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.shape.dim]
+    static = (int(dims[2]), int(dims[3])) if len(dims) == 4 and dims[2] and dims[3] else None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxMetadata(
+        path=str(p),
+        spec=spec,
+        scale=int(props["scale"]),
+        srdeploy_version=props["srdeploy_version"],
+        weights_sha256=props["weights_sha256"],
+        precision=props["precision"],
+        io=props["io"],
+        opset=int(opset),
+        input_dtype=_dtype_name(inp.elem_type),
+        static_hw=static,
+        props=props,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- graph
+class _DeployGraph(nn.Module):
+    """IMDN with the precision plan written out as explicit casts, so the exported Casts are exactly these.
+
+    Relies on the IMDN layout ``model = [head conv, shortcut(body), upsampler conv, PixelShuffle]``.
+    """
+
+    def __init__(self, model: IMDN, compute: torch.dtype, io_dtype: torch.dtype, last_fp32: bool) -> None:
+        super().__init__()
+        # A copy: nn.Module.to() converts in place, and the caller's FP32 model is the verification reference.
+        head, body, up, shuffle = copy.deepcopy(model).model
+        self.features = nn.Sequential(head, body).to(compute)
+        self.up_dtype = torch.float32 if last_fp32 else compute
+        self.up = up.to(self.up_dtype)
+        self.shuffle = shuffle
+        self.compute = compute
+        self.io_dtype = io_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # .to() with the same dtype is a no-op in the exported graph, so no Cast appears unless types change.
+        h = self.features(x.to(self.compute))
+        out: torch.Tensor = self.shuffle(self.up(h.to(self.up_dtype)))
+        return out.to(self.io_dtype)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs torchvision notices and deprecation chatter that mean nothing to a user."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_export_args(precision: str, io_: str, opset: int, static_hw: tuple[int, int] | None) -> None:
+    """Refuse bad export options with one line naming the flag, before any weights are loaded."""
+    if precision not in ("fp32", "fp16"):
+        raise SRDeployError(f"--precision {precision!r}: expected fp32 or fp16")
+    if io_ not in ("fp32", "fp16"):
+        raise SRDeployError(f"--io {io_!r}: expected fp32 or fp16")
+    if io_ == "fp16" and precision == "fp32":
+        raise SRDeployError("--io fp16 needs --precision fp16 (an FP32 graph keeps FP32 inputs and outputs)")
+    if opset < MIN_OPSET:
+        raise SRDeployError(
+            f"--opset {opset}: too old; the exporter needs opset >= {MIN_OPSET} for this graph "
+            "(Split with a sizes input, DepthToSpace in CRD mode)"
+        )
+    if opset > MAX_OPSET:
+        raise SRDeployError(f"--opset {opset}: newer than the exporter supports (max {MAX_OPSET})")
+    if static_hw is not None and (len(static_hw) != 2 or any(int(v) <= 0 for v in static_hw)):
+        raise SRDeployError(f"--static {static_hw}: height and width must be positive integers")
+
+
+def _deploy_model(model: IMDN) -> IMDN:
+    """A float32 CPU eval copy in deploy form; a training-time (CLB) model is collapsed with its proof."""
+    m = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+    if m.spec.clb:
+        collapsed, _ = collapse_verified(m)
+        assert isinstance(collapsed, IMDN)
+        m = collapsed.float().eval()
+    return m
+
+
+def build_onnx_model(
+    model: IMDN,
+    *,
+    precision: Precision = "fp32",
+    io: Precision = "fp32",
+    opset: int = DEFAULT_OPSET,
+    static_hw: tuple[int, int] | None = None,
+    keep_last_conv_fp32: bool = False,
+) -> onnx.ModelProto:
+    """Trace `model` (deploy form, float32) into an ONNX ModelProto without metadata or checks."""
+    compute = torch.float16 if precision == "fp16" else torch.float32
+    io_dtype = torch.float16 if io == "fp16" else torch.float32
+    graph = _DeployGraph(model, compute, io_dtype, keep_last_conv_fp32 and precision == "fp16").eval()
+    if static_hw is not None:
+        example = torch.rand(1, model.spec.in_channels, *static_hw, dtype=io_dtype)
+        dynamic: dict[str, Any] | None = None
+    else:
+        # Batch 2 and odd sizes: torch.export specialises dimensions whose example size is 0 or 1.
+        example = torch.rand(2, model.spec.in_channels, 13, 11, dtype=io_dtype)
+        dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+        dynamic = {"x": dims}
+    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            None,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            verbose=False,
+            optimize=True,
+        )
+    if program is None:  # only the legacy exporter returns None
+        raise SRDeployError("torch.onnx.export returned no program")
+    proto: onnx.ModelProto = program.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if got != opset:
+        raise SRDeployError(f"--opset {opset}: the exporter could not write it (got opset {got})")
+    return proto
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def cast_audit(model: onnx.ModelProto) -> list[dict[str, str]]:
+    """Every Cast as {node, input, output, from, to, consumer} after shape inference; raises on a wrong target.
+
+    A Cast is wrong when it does not change the type (dead weight that hides a precision mistake) or when its
+    result is not the type its consumer computes in (a Conv whose weights are of another type, or a graph output
+    declared otherwise). Strict shape inference already rejects the second case; this names the node.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise GateFailedError(f"exported graph fails type inference: {str(e).strip().splitlines()[0]}") from None
+    types: dict[str, int] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    for init in inferred.graph.initializer:
+        types[init.name] = init.data_type
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in inferred.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name: o.type.tensor_type.elem_type for o in inferred.graph.output}
+    audit: list[dict[str, str]] = []
+    for node in inferred.graph.node:
+        if node.op_type != "Cast":
+            continue
+        to = next(a.i for a in node.attribute if a.name == "to")
+        src = types.get(node.input[0], 0)
+        where = f"Cast node {node.name or node.output[0]}"
+        if src == to:
+            raise GateFailedError(f"{where} casts {_dtype_name(src)} to itself")
+        out = node.output[0]
+        if out in outputs and outputs[out] != to:
+            raise GateFailedError(f"{where} targets {_dtype_name(to)} but output {out} is declared otherwise")
+        users = consumers.get(out, [])
+        for user in users:
+            if user.op_type == "Conv" and len(user.input) > 1 and types.get(user.input[1], to) != to:
+                raise GateFailedError(f"{where} feeds {user.name} whose weights are not {_dtype_name(to)}")
+        audit.append(
+            {
+                "node": node.name,
+                "input": node.input[0],
+                "output": out,
+                "from": _dtype_name(src),
+                "to": _dtype_name(to),
+                "consumer": ",".join(u.op_type for u in users) or ("graph output" if out in outputs else ""),
+            }
+        )
+    return audit
+
+
+def _add_metadata(
+    model: onnx.ModelProto, spec: ModelSpec, weights_sha256: str, precision: str, io_: str, keep_last: bool
+) -> None:
+    del model.metadata_props[:]
+    props = {
+        META_FORMAT: "srdeploy-onnx/1",
+        "spec": spec.to_json(),
+        "arch": spec.name,
+        "scale": str(spec.scale),
+        "srdeploy_version": __version__,
+        "weights_sha256": weights_sha256,
+        "precision": precision,
+        "io": io_,
+        "keep_last_conv_fp32": str(bool(keep_last)).lower(),
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "layout": "NCHW RGB in [0, 1]",
+    }
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    model.producer_name = "srdeploy"
+    model.producer_version = __version__
+    model.doc_string = f"{spec.name} x{spec.scale} super-resolution, {precision} (I/O {io_})"
+
+
+# ---------------------------------------------------------------------------------------------- verification
+def random_references(
+    spec: ModelSpec, *, seed: int = 0, shapes: Sequence[tuple[int, int]] = ((37, 29), (16, 48))
+) -> list[ReferenceImage]:
+    """Seeded uniform [0, 1] inputs at odd, non-square sizes: the fallback when no real images are at hand."""
+    rng = np.random.default_rng(seed)
+    return [
+        ReferenceImage(f"random{i}", rng.random((1, spec.in_channels, h, w), dtype=np.float32))
+        for i, (h, w) in enumerate(shapes)
+    ]
+
+
+def load_reference_images(folder: str | Path, *, scale: int = 4) -> list[ReferenceImage]:
+    """A test set laid out like ../shared/data/Set5: ``LR_bicubic_x{scale}/*.png`` and optionally ``HR/*.png``.
+
+    Private reader (cv2, BGR -> RGB, /255) until sr_deploy.imaging.io can take this over.
+    """
+    import cv2
+
+    root = Path(folder)
+    lr_dir = root / f"LR_bicubic_x{scale}"
+    if not lr_dir.is_dir():
+        raise SRDeployError(f"{root}: no LR_bicubic_x{scale} folder of verification images")
+    refs: list[ReferenceImage] = []
+    for lr_path in sorted(lr_dir.glob("*.png")):
+        bgr = cv2.imread(str(lr_path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SRDeployError(f"{lr_path}: not a readable image")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        lr = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+        hr: np.ndarray | None = None
+        hr_path = root / "HR" / lr_path.name
+        if hr_path.is_file():
+            hr_bgr = cv2.imread(str(hr_path), cv2.IMREAD_COLOR)
+            if hr_bgr is not None:
+                h, w = rgb.shape[0] * scale, rgb.shape[1] * scale
+                # modcrop: the HR the LR was made from is the top-left multiple of `scale`.
+                hr = np.ascontiguousarray(cv2.cvtColor(hr_bgr, cv2.COLOR_BGR2RGB)[:h, :w])
+        refs.append(ReferenceImage(lr_path.stem, lr, hr))
+    if not refs:
+        raise SRDeployError(f"{lr_dir}: no PNG images")
+    return refs
+
+
+def default_reference_folder() -> Path | None:
+    """Set5 from ../shared (or $SRDEPLOY_SHARED) when present: developer and CI machines only."""
+    env = os.environ.get("SRDEPLOY_SHARED")
+    root = Path(env) if env else Path.cwd().parent / "shared"
+    folder = root / "data" / "Set5"
+    return folder if (folder / "LR_bicubic_x4").is_dir() else None
+
+
+def to_uint8_rgb(out: np.ndarray) -> np.ndarray:
+    """1x3xHxW float output -> HxWx3 uint8, the protocol's clamp, x255, round."""
+    arr = np.clip(out[0].astype(np.float64), 0.0, 1.0).transpose(1, 2, 0) * 255.0
+    rgb: np.ndarray = np.round(arr).astype(np.uint8)
+    return rgb
+
+
+def y_psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
+    """Y-PSNR of uint8 RGB images (BT.601, MATLAB rgb2ycbcr rounding, crop border, MAX 255)."""
+    from sr_deploy.imaging.metrics import psnr
+
+    return psnr(sr, hr, crop_border=crop_border, y_channel=True)
+
+
+class _ErrorStats:
+    """Running max/mean/MSE of candidate - reference over several outputs, plus their Y-PSNRs."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.sum_sq = 0.0
+        self.count = 0
+        self.finite = True
+        self.y: list[float] = []
+
+    def add(self, got: np.ndarray, expected: np.ndarray, hr: np.ndarray | None, border: int) -> None:
+        self.finite = self.finite and bool(np.isfinite(got).all())
+        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+        self.max_abs = max(self.max_abs, float(np.nan_to_num(diff, nan=np.inf).max()))
+        self.sum_abs += float(diff.sum())
+        self.sum_sq += float((diff**2).sum())
+        self.count += diff.size
+        if hr is not None:
+            self.y.append(y_psnr(to_uint8_rgb(got), hr, border))
+
+    @property
+    def mean_abs(self) -> float:
+        return self.sum_abs / max(self.count, 1)
+
+    @property
+    def psnr_db(self) -> float:
+        mse = self.sum_sq / max(self.count, 1)
+        return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+    @property
+    def mean_y(self) -> float | None:
+        return float(np.mean(self.y)) if self.y else None
+
+
+def verify_onnx(
+    onnx_source: str | Path | bytes,
+    model: IMDN,
+    references: Sequence[ReferenceImage],
+    *,
+    precision: Precision,
+    real_images: bool,
+    label: str,
+    gates: ExportGates = ExportGates(),
+    half_graph: nn.Module | None = None,
+) -> VerificationReport:
+    """Run the ONNX graph in ONNX Runtime (CPU) and `model` in torch FP32 on the same inputs; apply the gates.
+
+    `half_graph` (FP16 exports): the exported torch module, run as well for real half arithmetic.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(
+        onnx_source if isinstance(onnx_source, bytes) else str(onnx_source),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
+    in_dtype = np.float16 if "float16" in sess.get_inputs()[0].type else np.float32
+    border = model.spec.scale
+    fp32_y: list[float] = []
+    onnx_stats, half_stats = _ErrorStats(), _ErrorStats()
+    for ref in references:
+        lr32 = np.ascontiguousarray(ref.lr, dtype=np.float32)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(lr32)).numpy()
+        got = np.asarray(sess.run([OUTPUT_NAME], {INPUT_NAME: lr32.astype(in_dtype)})[0]).astype(np.float32)
+        if got.shape != expected.shape:
+            raise GateFailedError(f"ONNX output shape {got.shape} != torch's {expected.shape} on {ref.name}")
+        onnx_stats.add(got, expected, ref.hr, border)
+        if ref.hr is not None:
+            fp32_y.append(y_psnr(to_uint8_rgb(expected), ref.hr, border))
+        if half_graph is not None:
+            with torch.inference_mode():
+                half = half_graph(torch.from_numpy(lr32.astype(in_dtype))).float().numpy()
+            half_stats.add(half, expected, ref.hr, border)
+    report = VerificationReport(
+        inputs=label,
+        real_images=real_images,
+        max_abs=onnx_stats.max_abs,
+        mean_abs=onnx_stats.mean_abs,
+        psnr_db=onnx_stats.psnr_db,
+        finite=onnx_stats.finite and half_stats.finite,
+        y_psnr_torch_fp32=float(np.mean(fp32_y)) if fp32_y else None,
+        y_psnr_onnx=onnx_stats.mean_y,
+        psnr_db_torch_half=half_stats.psnr_db if half_graph is not None else None,
+        y_psnr_torch_half=half_stats.mean_y if half_graph is not None else None,
+    )
+    report.gates.extend(_gates(report, precision, gates))
+    return report
+
+
+def _gates(r: VerificationReport, precision: Precision, g: ExportGates) -> list[GateResult]:
+    finite = GateResult("finite (no NaN/Inf)", 1.0 if r.finite else 0.0, 1.0, r.finite, ">=")
+    if precision == "fp32":
+        return [
+            finite,
+            GateResult("max abs vs torch fp32", r.max_abs, g.fp32_max_abs, r.max_abs <= g.fp32_max_abs, "<="),
+        ]
+    psnrs = [v for v in (r.psnr_db, r.psnr_db_torch_half) if v is not None]
+    worst = min(psnrs)
+    out = [finite, GateResult("PSNR vs torch fp32 (dB)", worst, g.fp16_min_psnr_db, worst >= g.fp16_min_psnr_db, ">=")]
+    ys = [v for v in (r.y_psnr_onnx, r.y_psnr_torch_half) if v is not None]
+    if r.y_psnr_torch_fp32 is not None and ys:
+        drop = r.y_psnr_torch_fp32 - min(ys)
+        out.append(
+            GateResult(
+                "mean Y-PSNR drop vs fp32 (dB)",
+                drop,
+                g.fp16_max_y_psnr_drop_db,
+                drop <= g.fp16_max_y_psnr_drop_db,
+                "<=",
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_onnx(
+    model: IMDN,
+    path: str | Path,
+    *,
+    precision: Precision = "fp32",
+    io: Precision = "fp32",
+    opset: int = DEFAULT_OPSET,
+    static_hw: tuple[int, int] | None = None,
+    keep_last_conv_fp32: bool = False,
+    weights_sha256: str = "",
+    verify: bool = True,
+    references: Sequence[ReferenceImage] | None = None,
+    reference_label: str = "",
+    seed: int = 0,
+    gates: ExportGates = ExportGates(),
+) -> OnnxExportReport:
+    """Export `model` to `path`, check it, verify it in ONNX Runtime against torch FP32 and only then keep it.
+
+    `references`: real images to verify on (their ``hr`` enables the Y-PSNR gate); without them, seeded random
+    inputs. On a failed check or gate, GateFailedError is raised and `path` is left untouched.
+    """
+    check_export_args(precision, io, opset, static_hw)
+    check_output_path(path, "ONNX output")
+    deploy = _deploy_model(model)
+    proto = build_onnx_model(
+        deploy, precision=precision, io=io, opset=opset, static_hw=static_hw, keep_last_conv_fp32=keep_last_conv_fp32
+    )
+    _add_metadata(proto, deploy.spec, weights_sha256, precision, io, keep_last_conv_fp32)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise GateFailedError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
+    ops = op_counts(proto)
+    foreign = sorted(set(ops) - TRT_SUPPORTED_OPS)
+    if foreign:
+        raise GateFailedError(f"exported graph has operators outside the TensorRT-supported set: {foreign}")
+    casts = cast_audit(proto)
+
+    real = references is not None
+    if references is None:
+        refs: Sequence[ReferenceImage] = random_references(deploy.spec, seed=seed)
+        label = f"random ({len(refs)} inputs, seed {seed})"
+    else:
+        refs = references
+        label = reference_label or f"{len(refs)} reference images"
+    if static_hw is not None:
+        # A static graph takes one size only: verify on crops/tiles of that size.
+        refs = [_fit(r, static_hw) for r in refs]
+
+    verification: VerificationReport | None = None
+    with atomic_path(path, "ONNX output") as tmp:
+        onnx.save_model(proto, str(tmp))
+        if verify:
+            half = (
+                _DeployGraph(
+                    deploy, torch.float16, torch.float16 if io == "fp16" else torch.float32, keep_last_conv_fp32
+                ).eval()
+                if precision == "fp16"
+                else None
+            )
+            verification = verify_onnx(
+                tmp, deploy, refs, precision=precision, real_images=real, label=label, gates=gates, half_graph=half
+            )
+            failed = [g for g in verification.gates if not g.passed]
+            if failed:
+                what = "; ".join(f"{g.name} = {g.value:.6g} (needs {g.rule} {g.threshold:g})" for g in failed)
+                raise GateFailedError(f"{path}: not written, verification failed on {label}: {what}")
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+    return OnnxExportReport(
+        path=str(path),
+        sha256=digest,
+        precision=precision,
+        io=io,
+        opset=opset,
+        static_hw=tuple(static_hw) if static_hw else None,  # type: ignore[arg-type]
+        keep_last_conv_fp32=keep_last_conv_fp32,
+        spec=deploy.spec,
+        weights_sha256=weights_sha256,
+        ops=ops,
+        casts=casts,
+        size_bytes=size,
+        verification=verification,
+    )
+
+
+def _fit(ref: ReferenceImage, hw: tuple[int, int]) -> ReferenceImage:
+    """`ref` cropped (or edge-padded) to exactly `hw`; HR is dropped since it no longer lines up."""
+    h, w = hw
+    lr = ref.lr[:, :, :h, :w]
+    ph, pw = h - lr.shape[2], w - lr.shape[3]
+    if ph or pw:
+        lr = np.pad(lr, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+    return ReferenceImage(ref.name, np.ascontiguousarray(lr, dtype=np.float32), None)
+
+
+def dumps_report(report: OnnxExportReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,252 @@
+"""`srdeploy bench` end to end through sr_deploy.cli.main, with a scripted backend in place of the factory.
+
+The backend factory is replaced by a fake whose times are fixed numbers, so the verdict and the exit code are
+known in advance; no test asserts a real time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+import sr_deploy.bench as B
+from sr_deploy.cli import main
+from sr_deploy.models import IMDN, ModelSpec, build_model
+from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
+
+TINY = ModelSpec(blocks=2, channels=16, distilled=4)
+
+
+class FixedBackend(Backend):
+    """Nearest-neighbour x4 output in a fixed time per call."""
+
+    def __init__(self, ms: float, kind: str) -> None:
+        self.ms = ms
+        self._info = BackendInfo(name=kind, device="cpu", precision="fp32")
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def prepare(self, max_shape: Shape4) -> None:
+        pass
+
+    def run_timed(self, lr: np.ndarray) -> TimedOutput:
+        return TimedOutput(output=lr.repeat(4, axis=2).repeat(4, axis=3), forward_ms=self.ms, end_to_end_ms=self.ms)
+
+
+@pytest.fixture
+def fake_factory(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Route run_bench's default factory to FixedBackend; `state["ms"]` sets the time, tensorrt is missing."""
+    state: dict[str, Any] = {"ms": 10.0, "made": []}
+
+    def make(plan: B.RowPlan, model: IMDN, device: str, sha: str) -> Backend:
+        state["made"].append((plan.key, model.spec.name, sha))
+        return FixedBackend(state["ms"], plan.kind)
+
+    def availability() -> dict[str, str | None]:
+        return {"torch": None, "onnxruntime": None, "tensorrt": "TensorRT is not installed (pip install tensorrt)"}
+
+    monkeypatch.setattr(B, "_factory_maker", make)
+    monkeypatch.setattr(B, "_factory_availability", availability)
+    return state
+
+
+def _write(path: Path, shape: tuple[int, int], seed: int) -> None:
+    rgb = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), rgb)
+
+
+@pytest.fixture
+def lr_hr(tmp_path: Path) -> tuple[Path, Path]:
+    lr, hr = tmp_path / "lr", tmp_path / "hr"
+    lr.mkdir()
+    hr.mkdir()
+    for i, name in enumerate(("0801", "0802")):
+        _write(lr / f"{name}x4.png", (6, 5), i)
+        _write(hr / f"{name}.png", (24, 20), 10 + i)
+    return lr, hr
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("srdeploy: error:"), err
+    assert "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_synthetic_writes_report_markdown_plot(
+    fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.json"
+    rc = main([
+        "bench", "--synthetic", "8x12", "--count", "3", "--warmup", "1", "--repeat", "2",
+        "--report", str(out), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png"), "-q",
+    ])  # fmt: skip
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "PASS" in stdout and "GPU budget" in stdout  # the fake runs on "cpu": the honest note is there
+    d = json.loads(out.read_text())
+    jsonschema.validate(d, B.report_schema())
+    assert d["inputs"]["kind"] == "synthetic" and d["inputs"]["synthetic_hw"] == [8, 12]
+    assert [len(i["warm_forward_ms"]) for i in d["rows"][0]["images"]] == [2, 2, 2]
+    assert d["model"]["random_weights"] is True and d["model"]["arch"] == "imdn-b7"
+    assert (tmp_path / "r.md").read_text().startswith("# srdeploy bench")
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_fail_over_budget_sets_exit_code(fake_factory: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    fake_factory["ms"] = 100.0
+    args = ["bench", "--synthetic", "4x4", "--count", "2", "--repeat", "1", "--warmup", "0", "-q"]
+    assert main(args) == 0  # FAIL is reported but is not an error unless asked
+    assert "FAIL" in capsys.readouterr().out
+    assert main([*args, "--fail-over-budget"]) == 1
+    assert main([*args, "--fail-over-budget", "--budget-ms", "100"]) == 0
+
+
+def test_backend_all_table(fake_factory: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "all.json"
+    rc = main(["bench", "--synthetic", "4x4", "--count", "2", "--repeat", "1", "--backend", "all",
+               "--report", str(out)])  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    jsonschema.validate(d, B.report_schema())
+    rows = {r["key"]: r for r in d["rows"]}
+    assert rows["tensorrt-fp32"]["status"] == "skipped" and "pip install tensorrt" in rows["tensorrt-fp32"]["reason"]
+    assert rows["torch-clb-fp32"]["status"] == "ok"
+    assert ("torch-clb-fp32", "imdn-b7-clb", "") in fake_factory["made"]  # the training-time model is timed
+    assert "TensorRT is not installed" in capsys.readouterr().out
+
+
+def test_hr_pairs_and_psnr_with_weights(fake_factory: dict[str, Any], lr_hr: tuple[Path, Path], tmp_path: Path) -> None:
+    from sr_deploy.checkpoints import save_weights
+
+    weights = save_weights(build_model(TINY, seed=0), tmp_path / "tiny.safetensors")
+    out = tmp_path / "r.json"
+    lr, hr = lr_hr
+    rc = main(["bench", "--input", str(lr), "--hr", str(hr), "--weights", str(weights), "--repeat", "1",
+               "--report", str(out), "-q"])  # fmt: skip
+    assert rc == 0
+    d = json.loads(out.read_text())
+    jsonschema.validate(d, B.report_schema())
+    assert [i["name"] for i in d["rows"][0]["images"]] == ["0801x4.png", "0802x4.png"]
+    assert all(isinstance(i["psnr_y"], float) for i in d["rows"][0]["images"])
+    assert len(d["model"]["weights_sha256"]) == 64 and d["model"]["random_weights"] is False
+
+
+def test_hr_without_weights_does_not_show_psnr(
+    fake_factory: dict[str, Any], lr_hr: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lr, hr = lr_hr
+    out = tmp_path / "r.json"
+    assert main(["bench", "--input", str(lr), "--hr", str(hr), "--repeat", "1", "--report", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert all(i["psnr_y"] is None for i in d["rows"][0]["images"])
+    assert "meaningless" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_input_folder(fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--input", str(tmp_path / "nope")]) == 2
+    _one_line_error(capsys, "nope")
+
+
+def test_empty_input_folder(fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--input", str(tmp_path)]) == 2
+    _one_line_error(capsys, "no images")
+
+
+def test_folder_without_images_lists_what_it_found(
+    fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "weights.pth").write_bytes(b"x")
+    assert main(["bench", "--input", str(tmp_path)]) == 2
+    _one_line_error(capsys, "notes.txt", "weights.pth")
+
+
+def test_hr_that_does_not_pair(
+    fake_factory: dict[str, Any], lr_hr: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lr, hr = lr_hr
+    (hr / "0802.png").rename(hr / "0999.png")
+    assert main(["bench", "--input", str(lr), "--hr", str(hr)]) == 2
+    _one_line_error(capsys, "0802x4.png", "0999.png")
+
+
+def test_hr_of_the_wrong_scale(
+    fake_factory: dict[str, Any], lr_hr: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lr, hr = lr_hr
+    _write(hr / "0802.png", (12, 10), 0)  # x2, not x4
+    assert main(["bench", "--input", str(lr), "--hr", str(hr)]) == 2
+    _one_line_error(capsys, "0802.png", "0802x4.png", "12x10", "6x5", "x4")
+
+
+def test_backend_not_available(fake_factory: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--synthetic", "4x4", "--count", "1", "--backend", "tensorrt"]) == 2
+    _one_line_error(capsys, "tensorrt", "not installed")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--repeat", "0"], "--repeat"),
+        (["--repeat", "-2"], "--repeat"),
+        (["--budget-ms", "-1"], "--budget-ms"),
+        (["--budget-ms", "0"], "--budget-ms"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--backend", "cuda"], "--backend"),
+        (["--precision", "int8"], "--precision"),
+        (["--synthetic", "12"], "--synthetic"),
+        (["--count", "0"], "--count"),
+    ],
+)
+def test_bad_flags(
+    fake_factory: dict[str, Any], args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [] if "--synthetic" in args else ["--synthetic", "4x4"]
+    assert main(["bench", *base, *args]) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_report_folder_missing(
+    fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no" / "r.json"
+    assert main(["bench", "--synthetic", "4x4", "--count", "1", "--report", str(missing)]) == 2
+    _one_line_error(capsys, "--report", str(tmp_path / "no"))
+    assert fake_factory["made"] == []  # rejected before anything ran
+
+
+def test_plot_without_matplotlib_fails_before_running(
+    fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["bench", "--synthetic", "4x4", "--count", "1", "--plot", str(tmp_path / "p.png")]) == 2
+    _one_line_error(capsys, "matplotlib", "pip install")
+    assert fake_factory["made"] == []
+
+
+def test_no_input_at_all(fake_factory: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    _one_line_error(capsys, "--input", "--synthetic")
+
+
+def test_count_without_synthetic(
+    fake_factory: dict[str, Any], lr_hr: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--input", str(lr_hr[0]), "--count", "3"]) == 2
+    _one_line_error(capsys, "--count")
