@@ -50,7 +50,8 @@ def _open_backend(kind: str, weights: str, scale: int | None) -> tuple[Backend, 
 
 
 def _failures_line(failures: dict[str, str]) -> str:
-    return f"{len(failures)} image(s) failed: " + "; ".join(failures.values())
+    named = [msg if Path(name).name in msg else f"{name}: {msg}" for name, msg in failures.items()]
+    return f"{len(failures)} image(s) failed: " + "; ".join(named)
 
 
 def register(app: typer.Typer) -> None:

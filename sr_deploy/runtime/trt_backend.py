@@ -327,6 +327,7 @@ class TensorRTBackend(Backend):
         sidecar = check_engine_for_machine(path, version, gpu)
         details: dict[str, Any] = {
             "engine": path.name,
+            "engine_key": sidecar.key.digest(),
             "tensorrt": version,
             "gpu": gpu.to_dict(),
             "route": sidecar.key.route,
