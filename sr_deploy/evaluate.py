@@ -13,6 +13,7 @@ import numpy as np
 from sr_deploy.errors import SRDeployError
 from sr_deploy.imaging.io import from_model_output, list_images, quantize, read_image, to_tensor_layout
 from sr_deploy.imaging.metrics import psnr, ssim
+from sr_deploy.imaging.pairing import pair_images
 from sr_deploy.imaging.resize import imresize, modcrop
 
 RunFn = Callable[[np.ndarray], np.ndarray]
@@ -76,8 +77,6 @@ class EvalReport:
 
 def pair_eval_images(hr_dir: str | Path, lr_dir: str | Path | None) -> list[EvalPair]:
     """HR images with their LR partners (equal names, or DIV2K 0801x4.png ~ 0801.png); unpaired ones named."""
-    from sr_deploy.bench import pair_images
-
     hrs = list_images(hr_dir)
     if lr_dir is None:
         return [EvalPair(p.name, p, None) for p in hrs]

@@ -20,6 +20,7 @@ import torch
 
 from sr_deploy import bench as B
 from sr_deploy.errors import MissingDependencyError, SRDeployError
+from sr_deploy.imaging import pairing
 from sr_deploy.models import IMDN, ModelSpec, build_model
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 
@@ -195,16 +196,16 @@ def test_finish_rows_speedup_and_headline() -> None:
 
 
 def test_pair_key_strips_only_a_scale_suffix() -> None:
-    assert B.pair_key("0801x4") == "0801"
-    assert B.pair_key("0801_x4") == "0801"
-    assert B.pair_key("baby") == "baby"
-    assert B.pair_key("box") == "box"
+    assert pairing.pair_key("0801x4") == "0801"
+    assert pairing.pair_key("0801_x4") == "0801"
+    assert pairing.pair_key("baby") == "baby"
+    assert pairing.pair_key("box") == "box"
 
 
 def test_pair_images_equal_names_and_div2k_suffix() -> None:
     lr = [Path("lr/0801x4.png"), Path("lr/0802x4.png"), Path("lr/baby.png")]
     hr = [Path("hr/0801.png"), Path("hr/0802.png"), Path("hr/baby.png")]
-    pairs = B.pair_images(lr, hr)
+    pairs = pairing.pair_images(lr, hr)
     assert [(a.name, b.name) for a, b in pairs] == [
         ("0801x4.png", "0801.png"),
         ("0802x4.png", "0802.png"),
@@ -213,28 +214,28 @@ def test_pair_images_equal_names_and_div2k_suffix() -> None:
 
 
 def test_pair_images_exact_name_wins_over_suffix() -> None:
-    pairs = B.pair_images([Path("photox2.png")], [Path("photox2.png")])
+    pairs = pairing.pair_images([Path("photox2.png")], [Path("photox2.png")])
     assert pairs[0][1].name == "photox2.png"
 
 
 def test_pair_images_names_the_unpaired() -> None:
     with pytest.raises(SRDeployError) as e:
-        B.pair_images([Path("a.png"), Path("b.png")], [Path("a.png"), Path("z.png")])
+        pairing.pair_images([Path("a.png"), Path("b.png")], [Path("a.png"), Path("z.png")])
     msg = str(e.value)
     assert "b.png" in msg and "z.png" in msg and "\n" not in msg
 
 
 def test_pair_images_rejects_ambiguity() -> None:
     with pytest.raises(SRDeployError, match="same name"):
-        B.pair_images([Path("a.png")], [Path("a.png"), Path("a.jpg")])
+        pairing.pair_images([Path("a.png")], [Path("a.png"), Path("a.jpg")])
     with pytest.raises(SRDeployError, match="several inputs"):
-        B.pair_images([Path("0801.png"), Path("0801x4.png")], [Path("0801.png")])
+        pairing.pair_images([Path("0801.png"), Path("0801x4.png")], [Path("0801.png")])
 
 
 def test_check_pair_scale_allows_modcrop_and_names_both_files() -> None:
-    B.check_pair_scale("comic.png", (90, 62), "comic_hr.png", (361, 250), 4)  # Set14 comic: modcrop 1 and 2 px
+    pairing.check_pair_scale("comic.png", (90, 62), "comic_hr.png", (361, 250), 4)  # Set14 comic: modcrop 1 and 2 px
     with pytest.raises(SRDeployError) as e:
-        B.check_pair_scale("a.png", (10, 20), "a_hr.png", (20, 40), 4)
+        pairing.check_pair_scale("a.png", (10, 20), "a_hr.png", (20, 40), 4)
     msg = str(e.value)
     assert "a.png" in msg and "a_hr.png" in msg and "10x20" in msg and "20x40" in msg and "40x80" in msg
 
