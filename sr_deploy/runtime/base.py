@@ -54,7 +54,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, max_shape: Shape4) -> None:
-        """Allocate or build for inputs up to `max_shape`; later calls with other shapes must still work."""
+        """Allocate or build for inputs up to `max_shape`; later calls with other shapes must still work.
+
+        torch and ONNX Runtime implement this as one warm-up forward (kernel choice, memory planning), so a
+        caller that wants a cold first image, like the challenge's timing, must not call it (bench does not).
+        """
 
     @abc.abstractmethod
     def run_timed(self, lr: np.ndarray) -> TimedOutput: ...
