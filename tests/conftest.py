@@ -25,17 +25,18 @@ def shared() -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def team26_pth(shared: Path) -> Path:
-    p = shared / "data" / "weights" / "team26_imdn_nb7.pth"
+def _weights(shared: Path, name: str) -> Path:
+    p = shared / "data" / "weights" / name
     if not p.is_file():
         pytest.skip(f"{p} is absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def team26_pth(shared: Path) -> Path:
+    return _weights(shared, "team26_imdn_nb7.pth")
 
 
 @pytest.fixture(scope="session")
 def baseline_pth(shared: Path) -> Path:
-    p = shared / "data" / "weights" / "imdn_baseline.pth"
-    if not p.is_file():
-        pytest.skip(f"{p} is absent")
-    return p
+    return _weights(shared, "imdn_baseline.pth")

@@ -474,10 +474,9 @@ def test_markdown_has_psnr_and_per_image_rows() -> None:
     _validate(report)
 
 
-def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import sys
-
-    report = B.run_bench(
+def _one_image_report() -> B.BenchReport:
+    """A torch run over one synthetic image with a scripted backend (1 ms forward)."""
+    return B.run_bench(
         B.synthetic_images(4, 6, 1, seed=0),
         _models(),
         B.BenchSettings(backend="torch", warmup=0, repeat=1),
@@ -486,6 +485,12 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         availability=lambda: {"torch": None},
         environment=ENV,
     )
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    report = _one_image_report()
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes `import matplotlib.figure` fail
     with pytest.raises(MissingDependencyError, match="matplotlib"):
         B.write_plot(report, tmp_path / "p.png")
@@ -493,15 +498,7 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
 
 
 def test_report_schema_rejects_a_broken_report() -> None:
-    report = B.run_bench(
-        B.synthetic_images(4, 6, 1, seed=0),
-        _models(),
-        B.BenchSettings(backend="torch", warmup=0, repeat=1),
-        inputs=_inputs(1),
-        make=lambda *a: ScriptedBackend([1.0]),
-        availability=lambda: {"torch": None},
-        environment=ENV,
-    )
+    report = _one_image_report()
     d = _validate(report)
     del d["rows"][0]["images"][0]["cold_forward_ms"]
     with pytest.raises(jsonschema.ValidationError):
