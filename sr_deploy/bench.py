@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.imaging.pairing import check_pair_scale, pair_images
@@ -98,14 +97,6 @@ def synthetic_images(height: int, width: int, count: int, *, seed: int) -> list[
 def modcrop(hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> np.ndarray:
     """The top-left ``LR x scale`` part of an HR image, as the reference protocol's modcrop does."""
     return hr[: lr_hw[0] * scale, : lr_hw[1] * scale]
-
-
-def to_uint8(rgb: np.ndarray) -> npt.NDArray[np.uint8]:
-    """uint8 stays; uint16 is rounded down to 8 bits, since the PSNR protocol works on uint8 pixels."""
-    if rgb.dtype == np.uint8:
-        return np.asarray(rgb, dtype=np.uint8)
-    out: npt.NDArray[np.uint8] = np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
-    return out
 
 
 def load_bench_images(input_dir: Path, hr_dir: Path | None, *, scale: int) -> list[BenchImage]:
@@ -474,7 +465,7 @@ def read_hr(image: BenchImage) -> np.ndarray:
 
 def psnr_of_output(output: np.ndarray, hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> float:
     """PSNR (Y, border 4) of a backend's NCHW float output against the HR, as reference_psnr.json measures it."""
-    from sr_deploy.imaging.io import from_model_output
+    from sr_deploy.imaging.io import from_model_output, to_uint8
     from sr_deploy.imaging.metrics import psnr
 
     sr = from_model_output(output, 8)  # clamp to [0, 1], x255, round: the challenge's quantisation

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sr_deploy import __version__
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import SRDeployError, name_list
 from sr_deploy.fileio import atomic_path, sha256_file
 from sr_deploy.fusion import collapse_verified, uncollapse
 from sr_deploy.models.imdn import IMDN
@@ -178,11 +178,6 @@ def infer_spec(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> Model
     )
 
 
-def _names(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def check_state_dict(spec: ModelSpec, sd: dict[str, torch.Tensor], source: str) -> None:
     """Every missing, unexpected or mis-shaped key, by name, as one error."""
     expected = {k: tuple(v.shape) for k, v in IMDN(spec).state_dict().items()}
@@ -191,12 +186,12 @@ def check_state_dict(spec: ModelSpec, sd: dict[str, torch.Tensor], source: str) 
     shapes = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
     problems = []
     if missing:
-        problems.append(f"missing keys {_names(missing)}")
+        problems.append(f"missing keys {name_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_names(unexpected)}")
+        problems.append(f"unexpected keys {name_list(unexpected)}")
     if shapes:
         k = shapes[0]
-        problems.append(f"wrong shapes {_names(shapes)} (e.g. {k}: {tuple(sd[k].shape)}, expected {expected[k]})")
+        problems.append(f"wrong shapes {name_list(shapes)} (e.g. {k}: {tuple(sd[k].shape)}, expected {expected[k]})")
     if problems:
         raise SRDeployError(f"{source}: does not match {spec.name}: " + "; ".join(problems))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SRDeployError(Exception):
     """A mistake the user can fix (bad file, bad flag, missing dependency). Message: one line, names the culprit."""
@@ -13,3 +15,9 @@ class MissingDependencyError(SRDeployError):
 
 class GateFailedError(SRDeployError):
     """A numeric check (equivalence proof, accuracy gate) failed, so nothing was written."""
+
+
+def name_list(items: Sequence[str], limit: int = 6) -> str:
+    """The first `limit` names, comma-separated, and how many more: keeps one-line errors one line."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")

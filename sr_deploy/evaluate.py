@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from sr_deploy.errors import SRDeployError
-from sr_deploy.imaging.io import from_model_output, list_images, quantize, read_image, to_tensor_layout
+from sr_deploy.imaging.io import from_model_output, list_images, make_lr, read_image, to_tensor_layout, to_uint8
 from sr_deploy.imaging.metrics import psnr, ssim
 from sr_deploy.imaging.pairing import pair_images
-from sr_deploy.imaging.resize import imresize, modcrop
+from sr_deploy.imaging.resize import modcrop
 
 RunFn = Callable[[np.ndarray], np.ndarray]
 
@@ -84,27 +84,15 @@ def pair_eval_images(hr_dir: str | Path, lr_dir: str | Path | None) -> list[Eval
     return [EvalPair(hr.name, hr, lr) for lr, hr in pairs]
 
 
-def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """The LR image the benchmarks use: MATLAB bicubic 1/scale of HR/255 (antialiased), rounded to uint8."""
-    return quantize(imresize(hr.astype(np.float64) / 255.0, 1.0 / scale), 8)
-
-
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype == np.uint8:
-        return rgb
-    out: np.ndarray = np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
-    return out
-
-
 def load_pair(pair: EvalPair, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(LR, modcropped HR) as uint8 RGB, checking that their sizes agree at `scale`."""
-    hr_full = _to_uint8(read_image(pair.hr).rgb)
+    hr_full = to_uint8(read_image(pair.hr).rgb)
     if min(hr_full.shape[:2]) < scale:
         raise SRDeployError(f"{pair.hr}: {hr_full.shape[0]}x{hr_full.shape[1]} is smaller than the scale x{scale}")
     hr = modcrop(hr_full, scale)
     if pair.lr is None:
-        return bicubic_lr(hr, scale), hr
-    lr = _to_uint8(read_image(pair.lr).rgb)
+        return make_lr(hr, scale), hr
+    lr = to_uint8(read_image(pair.lr).rgb)
     if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
         raise SRDeployError(
             f"LR {pair.lr} is {lr.shape[0]}x{lr.shape[1]} but HR {pair.hr} is {hr_full.shape[0]}x{hr_full.shape[1]}:"

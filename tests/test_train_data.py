@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sr_deploy.errors import SRDeployError
-from sr_deploy.imaging.io import read_image, write_image
+from sr_deploy.imaging.io import make_lr, read_image, write_image
 from sr_deploy.train.data import (
     CropDataset,
     CropSampler,
@@ -21,7 +21,6 @@ from sr_deploy.train.data import (
     find_pairs,
     image_size,
     lr_cache_key,
-    make_lr,
     make_missing_lr,
     prepare_decoded,
     select_for_crop,

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import atomic_path
-from sr_deploy.imaging.resize import imresize
+from sr_deploy.imaging.resize import imresize, modcrop
 
 #: File extensions `list_images` picks up and `write_image` accepts (lower case, with the dot).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -245,6 +245,24 @@ def from_model_output(nchw: np.ndarray, bit_depth: int) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != 3:
         raise SRDeployError(f"expected a 1x3xHxW model output, got shape {np.asarray(nchw).shape}")
     return np.ascontiguousarray(np.transpose(quantize(arr, bit_depth), (1, 2, 0)))
+
+
+def to_uint8(rgb: np.ndarray) -> npt.NDArray[np.uint8]:
+    """uint8 stays; uint16 is rounded to 8 bits (the PSNR protocol and training work on uint8 pixels)."""
+    if rgb.dtype == np.uint8:
+        return np.asarray(rgb, dtype=np.uint8)
+    out: npt.NDArray[np.uint8] = np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
+    return out
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB bicubic x1/scale of the modcropped uint8 HR in float, rounded to uint8: how DIV2K's LR were made.
+
+    Rounded through float32 (`quantize`), which reproduces ../shared's LR_bicubic_x4 files bit for bit
+    where float64 rounding differs at a few exact-half pixels.
+    """
+    lr = imresize(modcrop(hr, scale).astype(np.float64) / 255.0, scale=1.0 / scale)
+    return quantize(lr, 8)
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:

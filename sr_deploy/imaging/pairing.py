@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import SRDeployError, name_list
 
 _SCALE_SUFFIX = re.compile(r"^(?P<base>.+?)[_-]?x(?P<scale>\d+)$", re.IGNORECASE)
 
@@ -17,11 +17,6 @@ def pair_key(stem: str) -> str:
     """The HR name an LR file stem stands for: DIV2K's ``0801x4`` -> ``0801``; other stems are unchanged."""
     m = _SCALE_SUFFIX.match(stem)
     return m.group("base") if m else stem
-
-
-def _listing(paths: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(paths[:limit])
-    return shown + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
 
 
 def pair_images(inputs: Sequence[Path], hrs: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -37,7 +32,7 @@ def pair_images(inputs: Sequence[Path], hrs: Sequence[Path]) -> list[tuple[Path,
             duplicates.append(f"{by_stem[hr.stem].name} and {hr.name}")
         by_stem[hr.stem] = hr
     if duplicates:
-        raise SRDeployError(f"HR images with the same name but different extensions: {_listing(duplicates)}")
+        raise SRDeployError(f"HR images with the same name but different extensions: {name_list(duplicates)}")
     pairs: list[tuple[Path, Path]] = []
     used: dict[str, Path] = {}
     unpaired: list[str] = []
@@ -57,11 +52,11 @@ def pair_images(inputs: Sequence[Path], hrs: Sequence[Path]) -> list[tuple[Path,
     unused = [p.name for s, p in by_stem.items() if s not in used]
     problems = []
     if unpaired:
-        problems.append(f"{len(unpaired)} input image(s) have no HR image: {_listing(unpaired)}")
+        problems.append(f"{len(unpaired)} input image(s) have no HR image: {name_list(unpaired)}")
     if clashes:
-        problems.append(f"several inputs pair with one HR image: {_listing(clashes)}")
+        problems.append(f"several inputs pair with one HR image: {name_list(clashes)}")
     if unused:
-        problems.append(f"{len(unused)} HR image(s) match no input: {_listing(unused)}")
+        problems.append(f"{len(unused)} HR image(s) match no input: {name_list(unused)}")
     if problems:
         raise SRDeployError(
             "inputs and HR images do not pair (by name, or DIV2K 0801x4.png ~ 0801.png): " + "; ".join(problems)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import SRDeployError, name_list
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,9 @@ class CropSelection:
 
 def read_rgb8(path: Path) -> np.ndarray:
     """HxWx3 uint8 RGB (16-bit images are scaled to 8 bits; alpha is dropped)."""
-    from sr_deploy.imaging.io import read_image
+    from sr_deploy.imaging.io import read_image, to_uint8
 
-    rgb = read_image(path).rgb
-    if rgb.dtype == np.uint16:
-        rgb = np.round(rgb.astype(np.float64) / 257.0).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(to_uint8(read_image(path).rgb))
 
 
 def _png_size(path: Path) -> tuple[int, int] | None:
@@ -100,11 +97,6 @@ def _lr_candidates(hr: Path, scale: int) -> tuple[str, ...]:
     return (f"{hr.stem}x{scale}", hr.stem)
 
 
-def _names(items: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def pair_with_lr_dir(hr_files: Sequence[Path], lr_dir: Path, scale: int) -> list[Pair]:
     """Pair each HR file with `lr_dir`'s 0001x4.png or 0001.png; every mismatch is named in one error."""
     lr_files = list_images(lr_dir)
@@ -130,11 +122,11 @@ def pair_with_lr_dir(hr_files: Sequence[Path], lr_dir: Path, scale: int) -> list
     problems = []
     if missing:
         wanted = "/".join(f"<name>{suffix}" for suffix in (f"x{scale}", ""))
-        problems.append(f"no LR file ({wanted}) for HR {_names(missing)}")
+        problems.append(f"no LR file ({wanted}) for HR {name_list(missing, 5)}")
     if wrong_size:
-        problems.append("size mismatch: " + _names(wrong_size, 3))
+        problems.append("size mismatch: " + name_list(wrong_size, 3))
     if problems:
-        extra = f"; LR files without an HR partner: {_names(unpaired)}" if unpaired else ""
+        extra = f"; LR files without an HR partner: {name_list(unpaired, 5)}" if unpaired else ""
         raise SRDeployError(f"LR folder {lr_dir} does not pair with its HR folder: " + "; ".join(problems) + extra)
     return pairs
 
@@ -182,23 +174,9 @@ def default_cache_dir() -> Path:
     return cache_dir() / "train"
 
 
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB bicubic x1/scale of the modcropped HR in float, rounded to uint8: how DIV2K's LR were made.
-
-    Rounded through float32 (`quantize`), which reproduces ../shared's LR_bicubic_x4 files bit for bit
-    where float64 rounding differs at a few exact-half pixels.
-    """
-    from sr_deploy.imaging.io import quantize
-    from sr_deploy.imaging.resize import imresize, modcrop
-
-    hr = modcrop(hr, scale)
-    lr = imresize(hr.astype(np.float64) / 255.0, scale=1.0 / scale)
-    return quantize(lr, 8)
-
-
 def cached_lr(hr: Path, scale: int, cache: Path) -> Path:
     """The LR file for `hr`, made once and kept in `cache` (written atomically, so safe across processes)."""
-    from sr_deploy.imaging.io import write_image
+    from sr_deploy.imaging.io import make_lr, write_image
 
     path = cache / lr_cache_key(hr, scale)
     if not path.is_file():
