@@ -8,13 +8,15 @@ from sr_deploy.errors import SRDeployError
 def parse_dims(text: str, flag: str, count: int) -> tuple[int, ...]:
     """`text` like '339x510' (count=2) or '1x3x64x64' (count=4) as positive ints, else one clear error."""
     parts = text.lower().replace("*", "x").split("x")
-    example = "x".join(["256"] * count) if count == 2 else "1x3x256x256"
+    expected = (
+        f"{count} positive integers like 256x256" if count == 2 else "NxCxHxW with positive integers, e.g. 1x3x64x64"
+    )
     try:
         dims = tuple(int(p) for p in parts)
     except ValueError:
         dims = ()
     if len(dims) != count or any(d <= 0 for d in dims):
-        raise SRDeployError(f"{flag} {text!r}: expected {count} positive integers like {example}")
+        raise SRDeployError(f"{flag} {text!r}: expected {expected}")
     return dims
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sr_deploy.errors import SRDeployError
+from sr_deploy.shapes import parse_dims
 
 Shape4 = tuple[int, int, int, int]
 Precision = Literal["fp32", "fp16"]
@@ -34,18 +35,11 @@ KEY_SCHEMA = 1
 # Shapes and optimization profiles
 # ----------------------------------------------------------------------------------------------------
 
-_SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
 
 def parse_shape(text: str, flag: str = "shape") -> Shape4:
     """`1x3x64x64` -> (1, 3, 64, 64); anything else is the user's mistake, named by `flag`."""
-    m = _SHAPE_RE.match(text)
-    if m is None:
-        raise SRDeployError(f"{flag} {text!r}: expected NxCxHxW with positive integers, e.g. 1x3x64x64")
-    shape = (int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)))
-    if min(shape) <= 0:
-        raise SRDeployError(f"{flag} {text!r}: every dimension must be positive")
-    return shape
+    n, c, h, w = parse_dims(text, flag, 4)
+    return n, c, h, w
 
 
 def format_shape(shape: Sequence[int]) -> str:
