@@ -32,7 +32,7 @@ _ACTIVATIONS = (nn.LeakyReLU, nn.ReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Sigmoid)
 
 
 def profile_model(model: nn.Module, size: tuple[int, int] = (256, 256), arch: str = "") -> ModelProfile:
-    """Count with forward hooks on one 1x3xHxW input (the model is copied to CPU float32 meta-free)."""
+    """Count with forward hooks on one zero 1x3xHxW input, in the model's own dtype and device."""
     counts = {"macs": 0, "act_ops": 0, "activations": 0, "convs": 0}
 
     def on_conv(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
