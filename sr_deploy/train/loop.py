@@ -15,6 +15,7 @@ Every file is written to a temporary name and renamed, so an interrupted write n
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -796,6 +797,10 @@ def train(
         return _train(cfg, spec, RunPaths(Path(run_dir)), ctx, resume, stop or StopRequest(), show_progress, log)
     finally:
         if ctx.initialized_here and dist.is_initialized():
+            # The DDP wrapper and the loop's objects hold the process group and sit in reference cycles. Left to
+            # interpreter exit, gloo's threads can be torn down while joinable ("terminate called without an
+            # active exception", SIGABRT on about 1 in 50 torchrun runs). Free them now, then destroy the group.
+            gc.collect()
             dist.destroy_process_group()
 
 
