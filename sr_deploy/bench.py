@@ -32,6 +32,7 @@ import numpy as np
 
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.imaging.pairing import check_pair_scale, pair_images
+from sr_deploy.runtime.base import BACKEND_KINDS
 
 if TYPE_CHECKING:
     from sr_deploy.models import IMDN
@@ -44,12 +45,13 @@ PSNR_CROP_BORDER = 4
 #: Bumped when the report's JSON layout changes incompatibly.
 SCHEMA_VERSION = 1
 
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt", "all")
+BACKEND_CHOICES: tuple[str, ...] = (*BACKEND_KINDS, "all")
 PRECISION_CHOICES: tuple[str, ...] = ("fp32", "fp16", "bf16")
 
 #: Backends whose `prepare` runs a forward pass at the largest size (a warm-up) and that need nothing allocated
 #: before their first run. The challenge did no warm-up, so the bench does not call their `prepare`: their first
-#: image is then as cold as it was in the challenge. TensorRT's `prepare` only allocates buffers and is called.
+#: image is then as cold as it was in the challenge. TensorRT's `prepare` only allocates buffers and OpenVINO's
+#: only compiles for the input shape, so theirs is called.
 WARMING_PREPARE: frozenset[str] = frozenset({"torch", "onnxruntime"})
 
 #: Key of the `--backend all` row the speed-up column is measured against: what the challenge ran.
@@ -344,6 +346,8 @@ def plan_rows(backend: str, precision: str, *, best_precision: str) -> list[RowP
         ),
         RowPlan("onnxruntime-fp32", "ONNX Runtime fp32", "onnxruntime", "fp32"),
         RowPlan("onnxruntime-fp16", "ONNX Runtime fp16", "onnxruntime", "fp16"),
+        RowPlan("openvino-fp32", "OpenVINO fp32 (CPU)", "openvino", "fp32"),
+        RowPlan("openvino-bf16", "OpenVINO bf16 (CPU)", "openvino", "bf16"),
         RowPlan("tensorrt-fp32", "TensorRT fp32", "tensorrt", "fp32"),
         RowPlan("tensorrt-fp16", "TensorRT fp16", "tensorrt", "fp16"),
     ]
@@ -757,6 +761,7 @@ def collect_environment() -> dict[str, Any]:
             "torch": torch.__version__,
             "numpy": np.__version__,
             "onnxruntime": _version_of("onnxruntime-gpu") or _version_of("onnxruntime"),
+            "openvino": _version_of("openvino"),
             "tensorrt": _version_of("tensorrt"),
         },
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
@@ -1042,7 +1047,7 @@ def describe_timing(timing: dict[str, Any]) -> str:
     parts = [
         f"Forward timed with {timing.get('forward_clock', '?')}, copies excluded"
         f" (end-to-end includes them); CUDA graphs {'on' if timing.get('cuda_graph') else 'off'}",
-        "buffers allocated by prepare() before the cold pass"
+        "prepare() (buffers, or OpenVINO's per-shape compile; no forward) done before the cold pass"
         if timing.get("prepare_called")
         else "prepare() not called (it runs a warm-up forward), so the first image is cold",
     ]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sr_deploy.models import IMDN, ModelSpec, build_model
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,21 @@ def team26_pth(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def baseline_pth(shared: Path) -> Path:
     return _weights(shared, "imdn_baseline.pth")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> IMDN:
+    """A 2-block, 16-channel IMDN with seeded weights: fast, and every layer kind of the real one. Do not mutate."""
+    return build_model(ModelSpec(blocks=2, channels=16, distilled=4), seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model: IMDN, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """tiny_model exported unverified: {"fp32": fp32 graph, "fp16": fp16 graph with fp16 I/O}."""
+    from sr_deploy.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("tiny-onnx")
+    paths = {"fp32": folder / "fp32.onnx", "fp16": folder / "fp16.onnx"}
+    export_onnx(tiny_model, paths["fp32"], verify=False)
+    export_onnx(tiny_model, paths["fp16"], precision="fp16", io="fp16", verify=False)
+    return paths

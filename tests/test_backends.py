@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
-from sr_deploy.export.onnx import export_onnx, random_references
-from sr_deploy.models import IMDN, ModelSpec, build_model
+from sr_deploy.export.onnx import random_references
+from sr_deploy.models import IMDN
 from sr_deploy.runtime import factory
 from sr_deploy.runtime.ort_backend import CPU, OrtBackend, gpu_present, provider_status, resolve_providers
 from sr_deploy.runtime.torch_backend import (
@@ -23,14 +23,13 @@ from sr_deploy.runtime.torch_backend import (
     require_precision,
 )
 
-SMALL = ModelSpec(blocks=2, channels=16, distilled=4)
 SHA = "cd" * 32
 NO_GPU = pytest.mark.skipif(gpu_present(), reason="checks the behaviour of a machine without a GPU")
 
 
 @pytest.fixture(scope="module")
-def small() -> IMDN:
-    return build_model(SMALL, seed=0).eval()
+def small(tiny_model: IMDN) -> IMDN:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +50,8 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_paths(small: IMDN, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ort")
-    paths = {"fp32": d / "fp32.onnx", "fp16": d / "fp16.onnx"}
-    export_onnx(small, paths["fp32"], verify=False)
-    export_onnx(small, paths["fp16"], precision="fp16", io="fp16", verify=False)
-    return paths
+def onnx_paths(tiny_onnx: dict[str, Path]) -> dict[str, Path]:
+    return tiny_onnx
 
 
 # ---------------------------------------------------------------------------------------------- torch
@@ -104,7 +99,7 @@ def test_physical_cores_ignores_hyperthreads(tmp_path: Path) -> None:
 
 
 def test_precision_gate_refuses_a_large_drop(small: IMDN) -> None:
-    refs = random_references(SMALL, seed=1, shapes=((9, 7),))
+    refs = random_references(small.spec, seed=1, shapes=((9, 7),))
     check = check_precision(small, refs, precision="bf16", min_psnr_db=1e9)
     assert not check.passed and check.y_drop_db is None
     with pytest.raises(GateFailedError, match="--precision bf16: refused"):
@@ -171,23 +166,54 @@ def test_unknown_provider_and_missing_file_are_refused(tmp_path: Path) -> None:
         OrtBackend(tmp_path / "none.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
-    with pytest.raises(SRDeployError, match="onnxruntime cannot load it"):
+    # On the CPU the graph is parsed first (for the split-free rewrite); without the rewrite ORT parses it.
+    with pytest.raises(SRDeployError, match=r"bad\.onnx: not an ONNX model"):
         OrtBackend(bad)
+    with pytest.raises(SRDeployError, match=r"bad\.onnx: onnxruntime cannot load it"):
+        OrtBackend(bad, cpu_rewrite=False)
 
 
 # ---------------------------------------------------------------------------------------------- factory
 def test_available_backends_names_every_kind() -> None:
     avail = factory.available_backends()
-    assert set(avail) == {"torch", "onnxruntime", "tensorrt"}
+    assert set(avail) == {"torch", "onnxruntime", "openvino", "tensorrt"}
     assert avail["torch"] is None and avail["onnxruntime"] is None
 
 
 @NO_GPU
-def test_auto_on_the_cpu(small: IMDN, work_dir: Path) -> None:
-    assert factory.choose_auto("fp32", "auto") == "onnxruntime"
-    assert factory.choose_auto("bf16", "cpu") == "torch"
+@pytest.mark.parametrize(
+    ("missing", "bf16_native", "fp32_pick", "bf16_pick"),
+    [
+        ((), True, "openvino", "openvino"),
+        ((), False, "openvino", "torch"),
+        (("openvino",), True, "onnxruntime", "torch"),
+        (("openvino", "onnxruntime"), True, "torch", "torch"),
+    ],
+)
+def test_auto_policy_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    missing: tuple[str, ...],
+    bf16_native: bool,
+    fp32_pick: str,
+    bf16_pick: str,
+) -> None:
+    from sr_deploy.runtime import ov_backend
+
+    avail = {"torch": None, "onnxruntime": None, "openvino": None, "tensorrt": "not installed"}
+    avail.update({k: "not installed" for k in missing})
+    monkeypatch.setattr(factory, "available_backends", lambda: dict(avail))
+    monkeypatch.setattr(factory, "cuda_available", lambda: False)
+    monkeypatch.setattr(ov_backend, "bf16_capable", lambda: None if bf16_native else "no bf16")
+    assert factory.choose_auto("fp32", "auto") == fp32_pick
+    assert factory.choose_auto("bf16", "cpu") == bf16_pick
+    assert factory.choose_auto("fp16", "cpu") == "torch"
+
+
+def test_auto_on_this_cpu_is_openvino(small: IMDN, lr: np.ndarray, expected: np.ndarray, work_dir: Path) -> None:
+    # openvino is a dependency on every platform it has wheels for, so a fresh install picks it.
     backend = factory.make_backend("auto", small, device="cpu", weights_sha256=SHA, work_dir=work_dir)
-    assert backend.info.name == "onnxruntime"
+    assert backend.info.name == "openvino" and backend.info.precision == "fp32"
+    assert np.abs(backend.run(lr) - expected).max() <= 1e-4
 
 
 def test_make_backend_kinds_agree(small: IMDN, lr: np.ndarray, expected: np.ndarray, work_dir: Path) -> None:
@@ -225,7 +251,7 @@ def test_make_backend_refuses_what_cannot_run(small: IMDN) -> None:
 
 @pytest.mark.skipif(cpu_bf16_support() is not None, reason="this CPU has no native bf16")
 def test_bf16_backend_records_its_gate(small: IMDN) -> None:
-    refs = random_references(SMALL, seed=2, shapes=((9, 7),))
+    refs = random_references(small.spec, seed=2, shapes=((9, 7),))
     backend = factory.make_backend("torch", small, precision="bf16", device="cpu", references=refs)
     gate = backend.info.details["bf16_gate"]
     assert gate["passed"] is True and gate["precision"] == "bf16"

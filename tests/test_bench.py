@@ -282,7 +282,7 @@ def test_plan_rows_all_and_single() -> None:
     rows = B.plan_rows("all", "fp32", best_precision="bf16")
     assert [r.key for r in rows] == [
         "torch-clb-fp32", "torch-fp32", "torch-best-bf16", "onnxruntime-fp32", "onnxruntime-fp16",
-        "tensorrt-fp32", "tensorrt-fp16",
+        "openvino-fp32", "openvino-bf16", "tensorrt-fp32", "tensorrt-fp16",
     ]  # fmt: skip
     assert rows[0].model == "clb" and all(r.model == "deploy" for r in rows[1:])
     assert all(r.skip_reason is None for r in rows)
@@ -369,11 +369,17 @@ def test_run_bench_all_rows_skips_and_failures(tmp_path: Path) -> None:
         B.BenchSettings(backend="all", warmup=1, repeat=2),
         inputs=_inputs(2),
         make=make,
-        availability=lambda: {"torch": None, "onnxruntime": None, "tensorrt": "TensorRT is not installed"},
+        availability=lambda: {
+            "torch": None,
+            "onnxruntime": None,
+            "openvino": "openvino is not installed",
+            "tensorrt": "TensorRT is not installed",
+        },
         environment=ENV,
     )
     status = {r.plan.key: (r.status, r.reason) for r in report.rows}
     assert status["tensorrt-fp16"] == ("skipped", "TensorRT is not installed")
+    assert status["openvino-bf16"] == ("skipped", "openvino is not installed")
     assert status[next(k for k in status if k.startswith("torch-best"))][0] == "failed"
     assert report.headline == "onnxruntime-fp16"
     assert report.verdict is not None and report.verdict.passed
@@ -384,7 +390,7 @@ def test_run_bench_all_rows_skips_and_failures(tmp_path: Path) -> None:
     assert all(f.closed and f.prepared is None for f in made)
     assert all(r.timing["prepare_called"] is False for r in report.rows if r.ok)
     d = _validate(report)
-    assert len(d["rows"]) == 7 and d["verdict"]["status"] == "PASS"
+    assert len(d["rows"]) == 9 and d["verdict"]["status"] == "PASS"
     md = B.render_markdown(report)
     assert "onnxruntime-fp16" not in md or "ONNX Runtime fp16" in md
     assert "TensorRT is not installed" in md and report.verdict.message in md

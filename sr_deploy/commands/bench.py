@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Checkpoint (.safetensors, .pth, ntire:team26); default: random imdn-b7.")
         ] = None,
         backend: Annotated[
-            str, typer.Option(help="auto, torch, onnxruntime, tensorrt, or all (side by side).")
+            str, typer.Option(help="auto, torch, onnxruntime, openvino, tensorrt, or all (side by side).")
         ] = "auto",
         precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 (ignored by --backend all).")] = "fp32",
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -15,9 +15,8 @@ from rich.table import Table
 
 from sr_deploy.errors import SRDeployError
 from sr_deploy.models.spec import ModelSpec
+from sr_deploy.runtime.base import BACKEND_KINDS as BACKENDS
 from sr_deploy.runtime.base import Backend
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 @contextmanager
@@ -63,7 +62,7 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Folder of LR images; without it LR is made with MATLAB bicubic.")
         ] = None,
         scale: Annotated[int | None, typer.Option(help="Expected scale (checked against the weights).")] = None,
-        backend: Annotated[str, typer.Option(help="torch, onnxruntime, tensorrt or auto.")] = "torch",
+        backend: Annotated[str, typer.Option(help="torch, onnxruntime, openvino, tensorrt or auto.")] = "torch",
         json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     ) -> None:
         """PSNR (RGB, Y) and SSIM (Y) per image and on average, as the challenge computes them."""
@@ -111,7 +110,7 @@ def register(app: typer.Typer) -> None:
         tile_overlap: Annotated[
             int | None, typer.Option(help="LR overlap per side; default: the model's receptive radius (exact).")
         ] = None,
-        backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime or tensorrt.")] = "auto",
+        backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime, openvino or tensorrt.")] = "auto",
         fmt: Annotated[str, typer.Option("--format", help="png, or same (keep each input's format).")] = "png",
         overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     ) -> None:

@@ -10,6 +10,9 @@ import numpy as np
 
 Shape4 = tuple[int, int, int, int]
 
+#: Every backend kind a user can name; ``auto`` picks one (sr_deploy.runtime.factory.choose_auto).
+BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
+
 
 @dataclass
 class TimedOutput:
@@ -26,7 +29,7 @@ class TimedOutput:
 
 @dataclass
 class BackendInfo:
-    name: str  # "torch", "onnxruntime", "tensorrt"
+    name: str  # "torch", "onnxruntime", "openvino", "tensorrt"
     device: str  # "cpu", "cuda:0", ...
     precision: str  # "fp32", "fp16", "bf16"
     details: dict[str, Any] = field(default_factory=dict)

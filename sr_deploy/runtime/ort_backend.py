@@ -100,6 +100,21 @@ def _provider_options(provider: str, cache_dir: Path | None) -> dict[str, str]:
     return {}
 
 
+def split_free_bytes(onnx_model: str | Path | bytes) -> bytes:
+    """The graph with its channel Splits rewritten for the CPU (sr_deploy.runtime.graph_rewrite), serialized."""
+    import onnx
+
+    from sr_deploy.runtime.graph_rewrite import split_free
+
+    where = "ONNX bytes" if isinstance(onnx_model, bytes) else str(onnx_model)
+    try:
+        proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise SRDeployError(f"{where}: not an ONNX model ({type(e).__name__})") from None
+    data: bytes = split_free(proto).SerializeToString()
+    return data
+
+
 class OrtBackend(Backend):
     """NCHW float32 in [0, 1] in and out; the graph's own I/O type (float16 graphs) is handled inside."""
 
@@ -110,6 +125,7 @@ class OrtBackend(Backend):
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         trt_cache_dir: Path | None = None,
+        cpu_rewrite: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -126,7 +142,10 @@ class OrtBackend(Backend):
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+        source: bytes | str = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+        self._rewritten = cpu_rewrite and wanted[0] == CPU
+        if self._rewritten:
+            source = split_free_bytes(onnx_model)
         try:
             self._sess = ort.InferenceSession(
                 source, opts, providers=[(p, _provider_options(p, trt_cache_dir)) for p in wanted]
@@ -146,7 +165,11 @@ class OrtBackend(Backend):
     @property
     def info(self) -> BackendInfo:
         device = "cuda:0" if self._gpu else "cpu"
-        details: dict[str, Any] = {"providers": list(self._active), "intra_op_threads": self._threads}
+        details: dict[str, Any] = {
+            "providers": list(self._active),
+            "intra_op_threads": self._threads,
+            "graph": "split-free" if self._rewritten else "as exported",
+        }
         return BackendInfo("onnxruntime", device, self._precision, details)
 
     def prepare(self, max_shape: Shape4) -> None:

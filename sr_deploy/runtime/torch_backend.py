@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +200,17 @@ class PrecisionCheck:
         }
 
 
+def _torch_runner(model: IMDN, precision: TorchPrecision) -> Callable[[np.ndarray], np.ndarray]:
+    low = copy.deepcopy(model).to(_DTYPES[precision]).eval()
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = low(torch.from_numpy(lr).to(_DTYPES[precision])).float().numpy()
+            return out
+
+    return run
+
+
 def check_precision(
     model: IMDN,
     references: Sequence[Any],
@@ -208,16 +219,18 @@ def check_precision(
     label: str = "",
     max_y_drop_db: float = BF16_MAX_Y_DROP_DB,
     min_psnr_db: float = BF16_MIN_PSNR_DB,
+    run: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> PrecisionCheck:
-    """Run `model` in fp32 and in `precision` on the CPU over `references` (sr_deploy.export.onnx.ReferenceImage).
+    """Run `model` in fp32 (torch, the oracle) and in `precision` over `references` (ReferenceImage list).
 
-    With HR images the gate is the mean Y-PSNR drop (<= `max_y_drop_db`); without, the output PSNR against fp32
-    (>= `min_psnr_db`).
+    The reduced-precision side is `run` (NCHW float32 in and out; e.g. another runtime's bf16 backend), or by
+    default `model` itself in torch at `precision` on the CPU. With HR images the gate is the mean Y-PSNR drop
+    (<= `max_y_drop_db`); without, the output PSNR against fp32 (>= `min_psnr_db`).
     """
     from sr_deploy.export.onnx import to_uint8_rgb, y_psnr
 
     ref32 = copy.deepcopy(model).float().eval()
-    low = copy.deepcopy(model).to(_DTYPES[precision]).eval()
+    run_low = run if run is not None else _torch_runner(model, precision)
     sq, count = 0.0, 0
     y32: list[float] = []
     ylo: list[float] = []
@@ -225,7 +238,7 @@ def check_precision(
         for ref in references:
             x = torch.from_numpy(np.ascontiguousarray(ref.lr, dtype=np.float32))
             a = ref32(x).numpy()
-            b = low(x.to(_DTYPES[precision])).float().numpy()
+            b = np.asarray(run_low(x.numpy()), dtype=np.float32)
             sq += float(((a.astype(np.float64) - b) ** 2).sum())
             count += a.size
             if ref.hr is not None:
