@@ -866,10 +866,16 @@ def resolve_device(device: str) -> str:
 
 
 def _factory_maker(plan: RowPlan, model: IMDN, device: str, weights_sha256: str) -> Backend:
-    from sr_deploy.runtime.factory import make_backend
+    from sr_deploy.runtime.factory import graph_cache, make_backend
 
+    # Seeded random weights have no hash: their graph is made in a temporary folder, never cached.
     backend: Backend = make_backend(
-        plan.kind, model, precision=plan.precision, device=device, weights_sha256=weights_sha256
+        plan.kind,
+        model,
+        precision=plan.precision,
+        device=device,
+        weights_sha256=weights_sha256,
+        work_dir=graph_cache() if weights_sha256 else None,
     )
     return backend
 

@@ -12,6 +12,12 @@ from sr_deploy.models import IMDN, ModelSpec, build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands cache exported graphs under $SRDEPLOY_CACHE: keep the tests' out of the user's cache."""
+    os.environ["SRDEPLOY_CACHE"] = str(tmp_path_factory.mktemp("srdeploy-cache"))
+
+
 def _shared_dir() -> Path | None:
     env = os.environ.get("SRDEPLOY_SHARED")
     candidate = Path(env) if env else REPO.parent / "shared"

@@ -72,6 +72,30 @@ def test_upscale_tiled_equals_whole_through_the_cli(weights: Path, tmp_path: Pat
     assert a.shape == (90, 76, 3) and diff.max() <= 1 and (diff == 0).mean() >= 0.999
 
 
+def test_upscale_reuses_the_graph_it_exported(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "cache"))
+    src = _images(tmp_path / "in", 1, 20, 18)
+    base = ["upscale", str(src), "--weights", str(weights), "--backend", "onnxruntime"]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    (graph,) = (tmp_path / "cache" / "graphs").glob("*.onnx")
+    stamp = graph.stat().st_mtime_ns
+    assert main([*base, "-o", str(tmp_path / "b")]) == 0
+    assert graph.stat().st_mtime_ns == stamp
+    same = cv2.imread(str(tmp_path / "a" / "im0.png")), cv2.imread(str(tmp_path / "b" / "im0.png"))
+    assert np.array_equal(*same)
+
+
+def test_graph_cache_falls_back_when_it_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sr_deploy.runtime.factory import graph_cache
+
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(tmp_path / "c"))
+    assert graph_cache() == tmp_path / "c" / "graphs"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SRDEPLOY_CACHE", str(blocker))
+    assert graph_cache() is None
+
+
 def test_upscale_bad_input(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _images(tmp_path / "in", 1, 12, 12)
     base = ["upscale", str(src), "--weights", str(weights)]

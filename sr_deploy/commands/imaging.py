@@ -37,14 +37,14 @@ def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
 def _open_backend(kind: str, weights: str, scale: int | None) -> tuple[Backend, ModelSpec, str]:
     """(backend, spec, sha256) for the deploy form of `weights`."""
     from sr_deploy.checkpoints import load_model
-    from sr_deploy.runtime.factory import make_backend
+    from sr_deploy.runtime.factory import graph_cache, make_backend
 
     if kind not in BACKENDS:
         raise SRDeployError(f"--backend {kind!r}: expected one of {', '.join(BACKENDS)}")
     model, loaded = load_model(weights, form="plain")
     if scale is not None and scale != model.spec.scale:
         raise SRDeployError(f"--scale {scale}: the weights {weights} are a x{model.spec.scale} model")
-    backend = make_backend(kind, model, weights_sha256=loaded.sha256)
+    backend = make_backend(kind, model, weights_sha256=loaded.sha256, work_dir=graph_cache())
     return backend, model.spec, loaded.sha256
 
 

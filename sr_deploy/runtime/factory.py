@@ -14,6 +14,7 @@ which would be slow and noisy:
 from __future__ import annotations
 
 import importlib
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +91,20 @@ def choose_auto(precision: str, device: str) -> str:
     if precision == "fp32" and usable["onnxruntime"] is None:
         return "onnxruntime"
     return "torch"
+
+
+def graph_cache() -> Path | None:
+    """Where commands keep exported graphs between runs ($SRDEPLOY_CACHE/graphs or ~/.cache/srdeploy/graphs), so
+    that only the first run with given weights pays the export and its verification (~4 s for imdn-b7); None when
+    that folder cannot be made (a temporary folder is used instead)."""
+    from sr_deploy.checkpoints import cache_dir
+
+    folder = cache_dir() / "graphs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
 
 
 def _onnx_for(model: IMDN, precision: str, weights_sha256: str, work_dir: Path) -> Path:
