@@ -200,7 +200,8 @@ def render(report: dict[str, Any]) -> str:
         f"Generated {report['created_utc']} by `python benchmarks/cpu_backends.py --reps {report['reps']}`.",
         "",
         f"- Machine: {report['machine']['cpu']}, {report['machine']['threads']} threads "
-        f"(torch.set_num_threads, ONNX Runtime intra-op), bf16: {report['machine']['bf16']}.",
+        "(torch.set_num_threads, ONNX Runtime intra-op, OpenVINO inference threads), "
+        f"bf16: {report['machine']['bf16']}.",
         f"- Load average before / after: {report['load_before']} / {report['load_after']} "
         "(anything well above the thread count means other work shared the cores and every figure is slower).",
         f"- Weights: {report['weights']}. Versions: srdeploy {report['versions']['srdeploy']}, "
