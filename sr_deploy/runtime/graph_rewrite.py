@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from sr_deploy.errors import SRDeployError
 
 _ACTIVATIONS = frozenset({"LeakyRelu", "Relu"})
 
@@ -158,3 +161,14 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     keep = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def split_free_bytes(onnx_model: str | Path | bytes) -> bytes:
+    """`split_free` of an ONNX file or serialized graph, serialized; a file that is not ONNX is one clear error."""
+    where = "ONNX bytes" if isinstance(onnx_model, bytes) else str(onnx_model)
+    try:
+        proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise SRDeployError(f"{where}: not an ONNX model ({type(e).__name__})") from None
+    data: bytes = split_free(proto).SerializeToString()
+    return data

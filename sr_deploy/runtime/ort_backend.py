@@ -18,6 +18,7 @@ import numpy as np
 
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
+from sr_deploy.runtime.graph_rewrite import split_free_bytes
 from sr_deploy.runtime.torch_backend import physical_cores
 
 CPU = "CPUExecutionProvider"
@@ -98,21 +99,6 @@ def _provider_options(provider: str, cache_dir: Path | None) -> dict[str, str]:
     if provider == TENSORRT and cache_dir is not None:
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir)}
     return {}
-
-
-def split_free_bytes(onnx_model: str | Path | bytes) -> bytes:
-    """The graph with its channel Splits rewritten for the CPU (sr_deploy.runtime.graph_rewrite), serialized."""
-    import onnx
-
-    from sr_deploy.runtime.graph_rewrite import split_free
-
-    where = "ONNX bytes" if isinstance(onnx_model, bytes) else str(onnx_model)
-    try:
-        proto = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise SRDeployError(f"{where}: not an ONNX model ({type(e).__name__})") from None
-    data: bytes = split_free(proto).SerializeToString()
-    return data
 
 
 class OrtBackend(Backend):

@@ -23,12 +23,13 @@ import numpy as np
 
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
+from sr_deploy.runtime.graph_rewrite import split_free_bytes
 from sr_deploy.runtime.torch_backend import physical_cores
 
 OvPrecision = Literal["fp32", "bf16"]
 
-#: srdeploy precision -> (OpenVINO inference_precision hint, the element type name the plugin reports back)
-_HINTS: dict[str, tuple[str, str]] = {"fp32": ("f32", "f32"), "bf16": ("bf16", "bf16")}
+#: srdeploy precision -> OpenVINO's inference precision (as set, and as the compiled model reports it back)
+_HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
 
 
 def openvino_status() -> str | None:
@@ -81,8 +82,6 @@ class OpenVinoBackend(Backend):
             raise MissingDependencyError(f"--precision bf16: {why}")
         import openvino as ov
 
-        from sr_deploy.runtime.ort_backend import split_free_bytes
-
         where = "ONNX bytes" if isinstance(onnx_model, bytes) else str(onnx_model)
         if not isinstance(onnx_model, bytes) and not Path(onnx_model).is_file():
             raise SRDeployError(f"{where}: no such ONNX file")
@@ -126,7 +125,7 @@ class OpenVinoBackend(Backend):
     def config(self) -> dict[str, Any]:
         """The compile properties (the precision is explicit: OpenVINO's default on AMX CPUs is bf16)."""
         return {
-            "INFERENCE_PRECISION_HINT": _HINTS[self._precision][0],
+            "INFERENCE_PRECISION_HINT": _HINTS[self._precision],
             "INFERENCE_NUM_THREADS": self._threads,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -151,7 +150,7 @@ class OpenVinoBackend(Backend):
         except RuntimeError as e:
             raise SRDeployError(f"openvino cannot compile the graph for input {shape} ({_first_line(e)})") from None
         got = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if got != _HINTS[self._precision][1]:
+        if got != _HINTS[self._precision]:
             raise SRDeployError(f"openvino compiled for {got} although {self._precision} was asked for")
         entry = (compiled, compiled.create_infer_request())
         self._compile_ms += (time.perf_counter_ns() - t0) / 1e6
