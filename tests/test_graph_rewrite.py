@@ -3,6 +3,7 @@ near-miss left alone. Hand-built graphs are checked with ONNX's own reference ev
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
@@ -13,40 +14,26 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from sr_deploy.export.onnx import export_onnx
-from sr_deploy.models import IMDN, build_model
-from sr_deploy.models.spec import ModelSpec
+from sr_deploy.models import IMDN
 from sr_deploy.runtime.graph_rewrite import split_free
 from sr_deploy.runtime.ort_backend import OrtBackend
-
-SMALL = ModelSpec(blocks=2, channels=32, distilled=8)
-
-
-@pytest.fixture(scope="module")
-def small() -> IMDN:
-    return build_model(SMALL, seed=0).eval()
-
-
-@pytest.fixture(scope="module")
-def exported(small: IMDN, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("rw") / "small.onnx"
-    export_onnx(small, path, verify=False)
-    return path
 
 
 def _ops(model: onnx.ModelProto) -> Counter[str]:
     return Counter(n.op_type for n in model.graph.node)
 
 
-def test_imdn_graph_loses_every_split_and_keeps_its_outputs(small: IMDN, exported: Path) -> None:
+def test_imdn_graph_loses_every_split_and_keeps_its_outputs(tiny_model: IMDN, tiny_onnx: dict[str, Path]) -> None:
+    exported = tiny_onnx["fp32"]
+    blocks = tiny_model.spec.blocks
     original = onnx.load(str(exported))
     before = original.SerializeToString()
     rewritten = split_free(original)
     assert original.SerializeToString() == before, "the input graph was modified"
     ops = _ops(rewritten)
-    assert "Split" not in ops and _ops(original)["Split"] == 3 * SMALL.blocks
+    assert "Split" not in ops and _ops(original)["Split"] == 3 * blocks
     # Each split conv became one conv per piece: 2 pieces x 3 splits per block.
-    assert ops["Conv"] == _ops(original)["Conv"] + 3 * SMALL.blocks
+    assert ops["Conv"] == _ops(original)["Conv"] + 3 * blocks
     onnx.checker.check_model(rewritten, full_check=True)
     # No initializer left behind unused (the whole-filter tensors of the split convs go).
     used = {i for n in rewritten.graph.node for i in n.input}
@@ -58,12 +45,12 @@ def test_imdn_graph_loses_every_split_and_keeps_its_outputs(small: IMDN, exporte
     # The same dot products per output channel: equal to float32 rounding, and to torch within the export gate.
     assert np.abs(free - as_exported).max() <= 1e-6
     with torch.inference_mode():
-        ref = small.double()(torch.from_numpy(lr).double()).numpy()
-    small.float()
+        ref = copy.deepcopy(tiny_model).double()(torch.from_numpy(lr).double()).numpy()
     assert np.abs(free - ref).max() <= 1e-4
 
 
-def test_ort_backend_rewrites_on_the_cpu_only_when_asked(exported: Path) -> None:
+def test_ort_backend_rewrites_on_the_cpu_only_when_asked(tiny_onnx: dict[str, Path]) -> None:
+    exported = tiny_onnx["fp32"]
     assert OrtBackend(exported).info.details["graph"] == "split-free"
     assert OrtBackend(exported, cpu_rewrite=False).info.details["graph"] == "as exported"
 

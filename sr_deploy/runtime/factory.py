@@ -16,15 +16,18 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from sr_deploy import __version__
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.models.imdn import IMDN
 from sr_deploy.runtime.base import BACKEND_KINDS, Backend
 from sr_deploy.runtime.torch_backend import (
+    PrecisionCheck,
     TorchBackend,
     TorchPrecision,
     check_precision,
@@ -33,7 +36,6 @@ from sr_deploy.runtime.torch_backend import (
     require_precision,
 )
 
-KINDS = BACKEND_KINDS
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -152,8 +154,8 @@ def make_backend(
       ../shared when present, else seeded random inputs) and refuses bf16 when it fails.
     - ``tensorrt`` is imported lazily; without TensorRT it raises MissingDependencyError with how to get it.
     """
-    if kind not in KINDS:
-        raise SRDeployError(f"--backend {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind not in BACKEND_KINDS:
+        raise SRDeployError(f"--backend {kind!r}: expected one of {', '.join(BACKEND_KINDS)}")
     if precision not in PRECISIONS:
         raise SRDeployError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     dev = _resolve_device(device)
@@ -181,12 +183,20 @@ def _make_torch(
         reason = cpu_bf16_support()
         if reason is not None:
             raise MissingDependencyError(f"--precision bf16: {reason}")
-        refs, label = _bf16_references(model, references)
-        check = require_precision(check_precision(model, refs, precision="bf16", label=label))
+        check = _bf16_gate(model, references)
     backend = TorchBackend(model, device=device, precision=prec, channels_last=nhwc)
     if check is not None:
         backend.add_detail("bf16_gate", check.to_dict())
     return backend
+
+
+def _bf16_gate(
+    model: IMDN, references: Sequence[Any] | None, run: Callable[[np.ndarray], np.ndarray] | None = None
+) -> PrecisionCheck:
+    """The bf16 accuracy gate on `references` (default: Set5 or seeded random inputs); raises when it fails.
+    `run` is the bf16 side (default: torch bf16)."""
+    refs, label = _bf16_references(model, references)
+    return require_precision(check_precision(model, refs, precision="bf16", label=label, run=run))
 
 
 def _bf16_references(model: IMDN, references: Sequence[Any] | None) -> tuple[Sequence[Any], str]:
@@ -198,6 +208,17 @@ def _bf16_references(model: IMDN, references: Sequence[Any] | None) -> tuple[Seq
     if folder is not None and model.spec.scale == 4:
         return load_reference_images(folder, scale=4), f"Set5 ({folder})"
     return random_references(model.spec, seed=0), "random inputs (seed 0)"
+
+
+def _graph(model: IMDN, precision: str, weights_sha256: str, work_dir: Path | None) -> Path | bytes:
+    """The verified ONNX graph: its file in `work_dir` (reused when the weights hash matches), or without a work
+    folder its bytes (exported in a temporary folder that is gone when this returns)."""
+    if work_dir is not None:
+        if not work_dir.is_dir():
+            raise SRDeployError(f"work folder {work_dir} does not exist")
+        return _onnx_for(model, precision, weights_sha256, work_dir)
+    with tempfile.TemporaryDirectory(prefix="srdeploy-graph-") as tmp:
+        return _onnx_for(model, precision, "", Path(tmp)).read_bytes()
 
 
 def _make_ort(
@@ -214,15 +235,7 @@ def _make_ort(
         raise SRDeployError("--precision bf16: the onnxruntime backend runs fp32 or fp16 graphs; use --backend torch")
     if providers is None and device != "auto":
         providers = ["cpu"] if device == "cpu" else ["cuda", "cpu"]
-    if work_dir is not None:
-        if not work_dir.is_dir():
-            raise SRDeployError(f"work folder {work_dir} does not exist")
-        path = _onnx_for(model, precision, weights_sha256, work_dir)
-        return OrtBackend(path, providers=providers, trt_cache_dir=work_dir)
-    with tempfile.TemporaryDirectory(prefix="srdeploy-ort-") as tmp:
-        path = _onnx_for(model, precision, "", Path(tmp))
-        # The session holds the graph in memory, so the temporary file can go with the folder.
-        return OrtBackend(path.read_bytes(), providers=providers)
+    return OrtBackend(_graph(model, precision, weights_sha256, work_dir), providers=providers, trt_cache_dir=work_dir)
 
 
 def _make_openvino(
@@ -240,17 +253,10 @@ def _make_openvino(
     if precision not in ("fp32", "bf16"):
         raise SRDeployError(f"--precision {precision}: the openvino backend runs fp32 or bf16 on the CPU")
     ov_precision: Literal["fp32", "bf16"] = "bf16" if precision == "bf16" else "fp32"
-    if work_dir is not None:
-        if not work_dir.is_dir():
-            raise SRDeployError(f"work folder {work_dir} does not exist")
-        backend = OpenVinoBackend(_onnx_for(model, "fp32", weights_sha256, work_dir), precision=ov_precision)
-    else:
-        with tempfile.TemporaryDirectory(prefix="srdeploy-ov-") as tmp:
-            backend = OpenVinoBackend(_onnx_for(model, "fp32", "", Path(tmp)).read_bytes(), precision=ov_precision)
+    # bf16 is OpenVINO's compute precision for the fp32 graph, not a graph of its own.
+    backend = OpenVinoBackend(_graph(model, "fp32", weights_sha256, work_dir), precision=ov_precision)
     if ov_precision == "bf16":
-        refs, label = _bf16_references(model, references)
-        check = require_precision(check_precision(model, refs, precision="bf16", label=label, run=backend.run))
-        backend.add_detail("bf16_gate", check.to_dict())
+        backend.add_detail("bf16_gate", _bf16_gate(model, references, run=backend.run).to_dict())
     return backend
 
 
