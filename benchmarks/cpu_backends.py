@@ -40,9 +40,10 @@ import torch
 from torch import nn
 
 from sr_deploy import __version__
+from sr_deploy.archs.imdn import IMDN
+from sr_deploy.archs.registry import build_model, preset
 from sr_deploy.export.onnx import default_reference_folder, export_onnx, load_reference_images
 from sr_deploy.fileio import write_text_atomic
-from sr_deploy.models import IMDN, build_model, preset
 from sr_deploy.runtime.base import Backend
 from sr_deploy.runtime.factory import choose_auto, make_backend
 from sr_deploy.runtime.ort_backend import OrtBackend

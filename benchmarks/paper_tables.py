@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model, preset
 from sr_deploy.bench import TimeStats, collect_environment, time_stats
 from sr_deploy.fileio import write_text_atomic
 from sr_deploy.fusion import collapse
-from sr_deploy.models import IMDN, ModelSpec, build_model, preset
 from sr_deploy.profile import ModelProfile, profile_model
 from sr_deploy.runtime.factory import make_backend
 
@@ -41,7 +42,7 @@ def table3(size: tuple[int, int]) -> list[tuple[ModelProfile, ModelProfile]]:
     """(deploy profile, training-time CLB profile) for B = 4..8 blocks."""
     rows = []
     for blocks in range(4, 9):
-        spec = ModelSpec(blocks=blocks)
+        spec = IMDNSpec(blocks=blocks)
         rows.append(
             (profile_model(build_model(spec, seed=0), size), profile_model(build_model(spec.with_clb(), seed=0), size))
         )

@@ -52,8 +52,8 @@ def _child(mode: str, height: int, width: int, tile: int, overlap: int, seed: in
     import numpy as np
     import torch
 
+    from sr_deploy.archs.registry import build_model, preset
     from sr_deploy.imaging.tiling import plan_axis, upscale_tiled
-    from sr_deploy.models import build_model, preset
 
     model = build_model(preset("imdn-b7"), seed=seed).eval()
     lr = np.random.default_rng(seed).random((1, 3, height, width), dtype=np.float32)
@@ -163,8 +163,8 @@ def main() -> None:
 
     import torch
 
+    from sr_deploy.archs.registry import preset, receptive_radius
     from sr_deploy.fileio import write_text_atomic
-    from sr_deploy.models import preset, receptive_radius
 
     radius = receptive_radius(preset("imdn-b7"))
     tile = min(args.tile, 96) if args.quick else args.tile

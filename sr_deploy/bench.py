@@ -35,7 +35,7 @@ from sr_deploy.imaging.pairing import check_pair_scale, pair_images
 from sr_deploy.runtime.base import BACKEND_KINDS
 
 if TYPE_CHECKING:
-    from sr_deploy.models import IMDN
+    from sr_deploy.archs.base import SRNet
     from sr_deploy.runtime.base import Backend
 
 #: The paper's runtime budget: mean per-image x4 upscale of the DIV2K validation LR images, forward pass only.
@@ -607,8 +607,8 @@ def finish_rows(rows: list[RowResult], *, budget_ms: float) -> RowResult | None:
 class BenchModels:
     """The deploy model to time, the training-time CLB form (for ``--backend all``), and their provenance."""
 
-    deploy: IMDN
-    clb: IMDN | None
+    deploy: SRNet
+    clb: SRNet | None
     arch: str
     weights_source: str
     weights_sha256: str
@@ -632,14 +632,15 @@ def load_bench_models(weights: str | None, *, need_clb: bool, seed: int) -> Benc
     The random model is built in its training-time CLB form and collapsed, so the CLB row and the deploy rows
     of ``--backend all`` compute the same function, as they do with real weights.
     """
+    from sr_deploy.archs.base import SRNet
+    from sr_deploy.archs.registry import arch_of, build_model, preset
     from sr_deploy.checkpoints import load_model
     from sr_deploy.fusion import collapse
-    from sr_deploy.models import IMDN, build_model, preset
 
     if weights is None:
         clb = build_model(preset("imdn-b7-clb"), seed=seed).eval()
         deploy = collapse(clb)
-        assert isinstance(deploy, IMDN)
+        assert isinstance(deploy, SRNet)
         return BenchModels(
             deploy=deploy,
             clb=clb if need_clb else None,
@@ -650,7 +651,8 @@ def load_bench_models(weights: str | None, *, need_clb: bool, seed: int) -> Benc
             params=sum(p.numel() for p in deploy.parameters()),
         )
     deploy, loaded = load_model(weights, form="plain")
-    clb_model = load_model(weights, form="clb")[0] if need_clb else None
+    has_training_form = arch_of(deploy.spec).training_spec(deploy.spec) is not None
+    clb_model = load_model(weights, form="clb")[0] if need_clb and has_training_form else None
     return BenchModels(
         deploy=deploy,
         clb=clb_model,
@@ -852,7 +854,7 @@ class BenchSettings:
 
 
 #: Builds a ready (not yet prepared) backend for a row; the default is sr_deploy.runtime.factory.make_backend.
-BackendMaker = Callable[[RowPlan, "IMDN", str, str], "Backend"]
+BackendMaker = Callable[[RowPlan, "SRNet", str, str], "Backend"]
 #: Says which backend kinds can run here: None = usable, else why not.
 Availability = Callable[[], dict[str, str | None]]
 
@@ -865,7 +867,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _factory_maker(plan: RowPlan, model: IMDN, device: str, weights_sha256: str) -> Backend:
+def _factory_maker(plan: RowPlan, model: SRNet, device: str, weights_sha256: str) -> Backend:
     from sr_deploy.runtime.factory import graph_cache, make_backend
 
     # Seeded random weights have no hash: their graph is made in a temporary folder, never cached.
@@ -961,7 +963,7 @@ def run_bench(
 def _measure_row(
     make: BackendMaker,
     plan: RowPlan,
-    model: IMDN,
+    model: SRNet,
     device: str,
     models: BenchModels,
     images: Sequence[BenchImage],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import urllib.error
 import urllib.request
 import zipfile
@@ -22,61 +21,34 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sr_deploy import __version__
-from sr_deploy.errors import SRDeployError, name_list
+from sr_deploy.archs.base import SRNet, check_state_dict
+from sr_deploy.archs.registry import arch_of, build_model, load_state_dict, published_weights, spec_from_json
+from sr_deploy.archs.spec import ArchSpec, PublishedWeights
+from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import atomic_path, sha256_file
-from sr_deploy.fusion import collapse_verified, uncollapse
-from sr_deploy.models.imdn import IMDN
-from sr_deploy.models.spec import BLOCK_CONVS, ModelSpec
+from sr_deploy.fusion import collapse_verified
 
 FORMAT_TAG = "srdeploy"
 
-_MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
-
-@dataclass(frozen=True)
-class NamedWeights:
-    name: str
-    filename: str
-    sha256: str
-    description: str
-
-    @property
-    def url(self) -> str:
-        return _MODEL_ZOO + self.filename
-
-
-NAMED_WEIGHTS: dict[str, NamedWeights] = {
-    w.name: w
-    for w in (
-        NamedWeights(
-            "ntire:team26",
-            "team26_imdn_nb7.pth",
-            "c8bd64b7eebe5d955c00fb5626385e13fa5775518be77a265f3f74b5e33e55a7",
-            "xilinxSR (team 26), collapsed 7-block IMDN of 'Efficient Image SR with Collapsible Linear Blocks'",
-        ),
-        NamedWeights(
-            "ntire:imdn-baseline",
-            "imdn_baseline.pth",
-            "115b4cc557eba9daaf1a6543c4858014c7e2a410655aafef7c8348ae54acc203",
-            "the NTIRE 2022 ESR challenge's 8-block IMDN baseline",
-        ),
-    )
-}
+def named_weights() -> dict[str, PublishedWeights]:
+    """Every published checkpoint any registered architecture knows, by name (``ntire:team26``, ...)."""
+    return published_weights()
 
 
 @dataclass
 class LoadedWeights:
     """A state dict with the spec it belongs to and where it came from."""
 
-    spec: ModelSpec
+    spec: ArchSpec
     state_dict: dict[str, torch.Tensor]
     source: str
     sha256: str
     format: Literal["srdeploy", "ntire"]
     provenance: dict[str, str] = field(default_factory=dict)
 
-    def build(self) -> IMDN:
-        model = IMDN(self.spec)
+    def build(self) -> SRNet:
+        model = build_model(self.spec)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -101,9 +73,10 @@ def cache_dir(override: str | Path | None = None) -> Path:
 
 def resolve_named(name: str, cache: str | Path | None = None, *, download: bool = True) -> Path:
     """Path of a named checkpoint in the cache, downloading it (hash-checked) on first use."""
-    if name not in NAMED_WEIGHTS:
-        raise SRDeployError(f"unknown named weights {name!r}: expected one of {', '.join(NAMED_WEIGHTS)}")
-    entry = NAMED_WEIGHTS[name]
+    known = named_weights()
+    if name not in known:
+        raise SRDeployError(f"unknown named weights {name!r}: expected one of {', '.join(known)}")
+    entry = known[name]
     folder = cache_dir(cache)
     path = folder / entry.filename
     if not path.is_file():
@@ -124,9 +97,6 @@ def resolve_named(name: str, cache: str | Path | None = None, *, download: bool 
 
 
 # ---------------------------------------------------------------------------------------------- layout
-_BLOCK_RE = re.compile(r"^model\.1\.sub\.(\d+)\.")
-
-
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """The tensor dict inside common wrappers ({'params': ...}, {'state_dict': ...}, DataParallel prefixes)."""
     if isinstance(obj, dict):
@@ -141,59 +111,6 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         sd[str(k).removeprefix("module.")] = v
     return sd
-
-
-def infer_spec(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> ModelSpec:
-    """Architecture from key names and tensor shapes (the spandrel approach)."""
-    if "model.0.weight" not in sd or "model.2.weight" not in sd:
-        some = ", ".join(sorted(sd)[:4])
-        raise SRDeployError(
-            f"{source}: not an IMDN checkpoint (no model.0.weight / model.2.weight; keys start {some}, ...)"
-        )
-    block_ids = {int(m.group(1)) for k in sd if (m := _BLOCK_RE.match(k))}
-    with_conv1 = {i for i in block_ids if any(k.startswith(f"model.1.sub.{i}.conv1.") for k in sd)}
-    if not with_conv1:
-        raise SRDeployError(f"{source}: no IMDN blocks found (no model.1.sub.<i>.conv1 keys)")
-    blocks = max(with_conv1) + 1
-    head = sd["model.0.weight"]
-    channels, in_channels = int(head.shape[0]), int(head.shape[1])
-    conv4 = next((v for k, v in sd.items() if k.startswith("model.1.sub.0.conv4.") and k.endswith("weight")), None)
-    if conv4 is None:
-        raise SRDeployError(f"{source}: missing model.1.sub.0.conv4 weights")
-    distilled = int(conv4.shape[0])
-    up = int(sd["model.2.weight"].shape[0])
-    out_channels = in_channels
-    scale = round((up / out_channels) ** 0.5)
-    if scale * scale * out_channels != up:
-        raise SRDeployError(f"{source}: upsampler has {up} output channels, not 3 x scale^2")
-    clb = tuple(c for c in BLOCK_CONVS if any(k.startswith(f"model.1.sub.0.{c}") and ".branches.1." in k for k in sd))
-    return ModelSpec(
-        blocks=blocks,
-        channels=channels,
-        distilled=distilled,
-        scale=scale,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        clb_convs=clb,
-    )
-
-
-def check_state_dict(spec: ModelSpec, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Every missing, unexpected or mis-shaped key, by name, as one error."""
-    expected = {k: tuple(v.shape) for k, v in IMDN(spec).state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"missing keys {name_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {name_list(unexpected)}")
-    if shapes:
-        k = shapes[0]
-        problems.append(f"wrong shapes {name_list(shapes)} (e.g. {k}: {tuple(sd[k].shape)}, expected {expected[k]})")
-    if problems:
-        raise SRDeployError(f"{source}: does not match {spec.name}: " + "; ".join(problems))
 
 
 def _looks_like(path: Path) -> str | None:
@@ -253,8 +170,11 @@ def load_weights(source: str | Path, *, cache: str | Path | None = None) -> Load
     else:
         sd = _unwrap(_load_pth(path), path)
     ours = meta.get("format") == FORMAT_TAG and "spec" in meta
-    spec = ModelSpec.from_json(meta["spec"]) if ours else infer_spec(sd, str(path))
-    check_state_dict(spec, sd, str(path))
+    if ours:
+        spec = spec_from_json(meta["spec"], str(path))
+        check_state_dict(arch_of(spec), spec, sd, str(path))
+    else:
+        spec, sd = load_state_dict(sd, str(path))
     provenance = {k: v for k, v in meta.items() if k not in ("format", "spec")}
     if not ours:
         provenance = {"source": text, "source_sha256": digest}
@@ -270,24 +190,24 @@ def load_weights(source: str | Path, *, cache: str | Path | None = None) -> Load
 
 def load_model(
     source: str | Path, *, form: Literal["any", "plain", "clb"] = "any", cache: str | Path | None = None
-) -> tuple[IMDN, LoadedWeights]:
-    """Build the model for `source` in eval mode, converting CLB <-> plain when `form` asks for it.
+) -> tuple[SRNet, LoadedWeights]:
+    """Build the model for `source` in eval mode, converting training <-> deploy form when `form` asks for it.
 
-    Conversion is exact either way: CLB -> plain is the proven collapse, plain -> CLB adds zero 1x1 branches.
+    Conversion is exact either way: training -> deploy is the proven collapse, deploy -> training adds zero branches.
     """
     weights = load_weights(source, cache=cache)
     model = weights.build()
-    if form == "plain" and model.spec.clb:
+    if form == "plain" and model.spec.training_form:
         collapsed, _ = collapse_verified(model)
-        assert isinstance(collapsed, IMDN)
+        assert isinstance(collapsed, SRNet)
         model = collapsed
-    elif form == "clb" and not model.spec.clb:
-        model = uncollapse(model).eval()
+    elif form == "clb" and not model.spec.training_form:
+        model = arch_of(model.spec).uncollapse(model).eval()
     return model, weights
 
 
 def save_weights(
-    model: IMDN,
+    model: SRNet,
     path: str | Path,
     *,
     source: str = "",
@@ -310,17 +230,16 @@ def save_weights(
     return Path(path)
 
 
-def ntire_state_dict(model: IMDN) -> dict[str, torch.Tensor]:
-    """The state dict in the challenge's own key layout (plain models only)."""
-    if model.spec.clb:
+def ntire_state_dict(model: SRNet) -> dict[str, torch.Tensor]:
+    """The state dict in the challenge's own key layout (deploy-form models only)."""
+    if model.spec.training_form:
         raise SRDeployError(
-            f"{model.spec.name} is a training-time (CLB) model; "
-            "collapse it first (srdeploy fuse) to export the NTIRE layout"
+            f"{model.spec.name} is a training-time model; collapse it first (srdeploy fuse) to export the NTIRE layout"
         )
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
 
 
-def save_ntire(model: IMDN, path: str | Path) -> Path:
+def save_ntire(model: SRNet, path: str | Path) -> Path:
     """Write a .pth that loads strict=True into the challenge's IMDN class."""
     sd = ntire_state_dict(model)
     with atomic_path(path, "weights") as tmp:
@@ -387,7 +306,7 @@ def fuse_checkpoint(
     weights = load_weights(source)
     train_model = weights.build()
     deploy, proof = collapse_verified(train_model, seed=seed)
-    assert isinstance(deploy, IMDN)
+    assert isinstance(deploy, SRNet)
     if fmt == "ntire":
         save_ntire(deploy, output)
     else:

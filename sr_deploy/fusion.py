@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sr_deploy.archs.base import SRNet
+from sr_deploy.archs.blocks import ParallelConv
 from sr_deploy.errors import GateFailedError, SRDeployError
-from sr_deploy.models.clb import ParallelConv
-from sr_deploy.models.imdn import IMDN
-from sr_deploy.models.spec import BLOCK_CONVS
 
 #: Defaults from DESIGN.md, measured on the real weights: outputs in [0, 1].
 TOL_FLOAT64 = 1e-10
@@ -154,28 +153,9 @@ def collapse(model: nn.Module) -> nn.Module:
     targets = [(n, m) for n, m in new.named_modules() if isinstance(m, ParallelConv)]
     for name, module in targets:
         _replace_child(new, name, fold_parallel(module, name))
-    if isinstance(new, IMDN):
+    if isinstance(new, SRNet):
         new.spec = new.spec.collapsed()
     return new.eval()
-
-
-def uncollapse(model: IMDN, clb_convs: tuple[str, ...] = BLOCK_CONVS) -> IMDN:
-    """Plain weights as a CLB model whose 1x1 branches are zero: the same function, ready to fine-tune."""
-    if model.spec.clb:
-        raise SRDeployError(f"uncollapse expects a plain model, got {model.spec.name}")
-    spec = replace(model.spec, clb_convs=tuple(clb_convs))
-    clb = IMDN(spec).to(next(model.parameters()).device)
-    plain_sd = model.state_dict()
-    new_sd: dict[str, torch.Tensor] = {}
-    for key, tensor in clb.state_dict().items():
-        if ".branches.0." in key:
-            new_sd[key] = plain_sd[key.replace(".branches.0.", ".")].clone()
-        elif ".branches.1." in key:
-            new_sd[key] = torch.zeros_like(tensor)
-        else:
-            new_sd[key] = plain_sd[key].clone()
-    clb.load_state_dict(new_sd, strict=True)
-    return clb
 
 
 @dataclass(frozen=True)

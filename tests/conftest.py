@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sr_deploy.models import IMDN, ModelSpec, build_model
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def baseline_pth(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model() -> IMDN:
     """A 2-block, 16-channel IMDN with seeded weights: fast, and every layer kind of the real one. Do not mutate."""
-    return build_model(ModelSpec(blocks=2, channels=16, distilled=4), seed=0).eval()
+    return build_model(IMDNSpec(blocks=2, channels=16, distilled=4), seed=0).eval()
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDN
 from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
 from sr_deploy.export.onnx import random_references
-from sr_deploy.models import IMDN
 from sr_deploy.runtime import factory
 from sr_deploy.runtime.ort_backend import CPU, OrtBackend, gpu_present, provider_status, resolve_providers
 from sr_deploy.runtime.torch_backend import (

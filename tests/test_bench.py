@@ -19,12 +19,13 @@ import pytest
 import torch
 
 from sr_deploy import bench as B
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.imaging import pairing
-from sr_deploy.models import IMDN, ModelSpec, build_model
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 
-TINY = ModelSpec(blocks=2, channels=16, distilled=4)
+TINY = IMDNSpec(blocks=2, channels=16, distilled=4)
 
 
 class ScriptedBackend(Backend):

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import sr_deploy.bench as B
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.cli import main
-from sr_deploy.models import IMDN, ModelSpec, build_model
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 
-TINY = ModelSpec(blocks=2, channels=16, distilled=4)
+TINY = IMDNSpec(blocks=2, channels=16, distilled=4)
 
 
 class FixedBackend(Backend):

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model, load_state_dict, published_weights
 from sr_deploy.checkpoints import (
-    NAMED_WEIGHTS,
     fuse_checkpoint,
-    infer_spec,
     load_model,
     load_weights,
     resolve_named,
@@ -19,18 +20,17 @@ from sr_deploy.checkpoints import (
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import sha256_file
 from sr_deploy.fusion import verify_equivalence
-from sr_deploy.models import IMDN, ModelSpec, build_model
 
 SPECS = [
-    ModelSpec(blocks=1, channels=16, distilled=4),
-    ModelSpec(blocks=3, channels=16, distilled=4).with_clb(),
-    ModelSpec(blocks=2, channels=32, distilled=8, scale=2).with_clb(("conv2", "conv4")),
-    ModelSpec(blocks=2, channels=16, distilled=4, scale=3, slope=0.2),
+    IMDNSpec(blocks=1, channels=16, distilled=4),
+    IMDNSpec(blocks=3, channels=16, distilled=4).with_clb(),
+    IMDNSpec(blocks=2, channels=32, distilled=8, scale=2).with_clb(("conv2", "conv4")),
+    IMDNSpec(blocks=2, channels=16, distilled=4, scale=3, slope=0.2),
 ]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_our_format_round_trips_spec_weights_and_provenance(spec: ModelSpec, tmp_path: Path) -> None:
+def test_our_format_round_trips_spec_weights_and_provenance(spec: IMDNSpec, tmp_path: Path) -> None:
     model = build_model(spec, seed=1)
     path = save_weights(model, tmp_path / "w.safetensors", source="unit-test", source_sha256="ab" * 32)
     loaded = load_weights(path)
@@ -44,13 +44,13 @@ def test_our_format_round_trips_spec_weights_and_provenance(spec: ModelSpec, tmp
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
-def test_ntire_layout_round_trips_and_spec_is_inferred(spec: ModelSpec, tmp_path: Path) -> None:
+def test_ntire_layout_round_trips_and_spec_is_inferred(spec: IMDNSpec, tmp_path: Path) -> None:
     model = build_model(spec.collapsed(), seed=2)
     path = save_ntire(model, tmp_path / "w.pth")
     loaded = load_weights(path)
     assert loaded.format == "ntire"
     # Slope is not in the state dict; everything else is inferred from keys and shapes.
-    assert loaded.spec == ModelSpec(**{**spec.collapsed().to_dict(), "slope": 0.05, "clb_convs": ()})
+    assert loaded.spec == replace(spec.collapsed(), slope=0.05)
 
 
 def test_ntire_export_refuses_a_clb_model(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_wrapped_and_prefixed_state_dicts_load(tmp_path: Path) -> None:
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
-    sd = build_model(ModelSpec(blocks=2, channels=16, distilled=4), seed=0).state_dict()
+    sd = build_model(IMDNSpec(blocks=2, channels=16, distilled=4), seed=0).state_dict()
     del sd["model.1.sub.1.conv3.0.bias"]
     sd["model.1.sub.0.extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "w.pth")
@@ -81,7 +81,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
     ("content", "needle"),
     [
         (lambda p: torch.save([1, 2, 3], p), "not a state dict"),
-        (lambda p: torch.save({"a": torch.zeros(2)}, p), "not an IMDN checkpoint"),
+        (lambda p: torch.save({"a": torch.zeros(2)}, p), "no known architecture matches"),
         (lambda p: p.write_bytes(b"garbage bytes, definitely not a checkpoint"), "weights_only"),
     ],
 )
@@ -123,7 +123,7 @@ def test_named_weights_offline_error_names_url_and_cache_path(tmp_path: Path, mo
     with pytest.raises(SRDeployError) as exc:
         resolve_named("ntire:team26", tmp_path)
     msg = str(exc.value)
-    assert NAMED_WEIGHTS["ntire:team26"].url in msg and str(tmp_path / "team26_imdn_nb7.pth") in msg
+    assert published_weights()["ntire:team26"].url in msg and str(tmp_path / "team26_imdn_nb7.pth") in msg
     assert not list(tmp_path.iterdir())
 
 
@@ -138,28 +138,28 @@ def test_named_weights_hash_mismatch_is_refused(tmp_path: Path) -> None:
 def test_named_weights_resolve_from_cache(team26_pth: Path, tmp_path: Path) -> None:
     (tmp_path / team26_pth.name).write_bytes(team26_pth.read_bytes())
     loaded = load_weights("ntire:team26", cache=tmp_path)
-    assert loaded.sha256 == NAMED_WEIGHTS["ntire:team26"].sha256
+    assert loaded.sha256 == published_weights()["ntire:team26"].sha256
 
 
 def test_published_checkpoints_import_with_detected_blocks(team26_pth: Path, baseline_pth: Path) -> None:
-    assert load_weights(team26_pth).spec == ModelSpec(blocks=7)
-    assert load_weights(baseline_pth).spec == ModelSpec(blocks=8)
-    assert load_weights(team26_pth).sha256 == NAMED_WEIGHTS["ntire:team26"].sha256
+    assert load_weights(team26_pth).spec == IMDNSpec(blocks=7)
+    assert load_weights(baseline_pth).spec == IMDNSpec(blocks=8)
+    assert load_weights(team26_pth).sha256 == published_weights()["ntire:team26"].sha256
 
 
 def test_fused_export_matches_the_challenge_layout_exactly(team26_pth: Path, tmp_path: Path) -> None:
     """A collapsed imdn-b7-clb, exported as NTIRE layout, has team26's exact key and shape list."""
     ref = torch.load(team26_pth, map_location="cpu", weights_only=True)
-    clb = build_model(ModelSpec(blocks=7).with_clb(), seed=0).eval()
+    clb = build_model(IMDNSpec(blocks=7).with_clb(), seed=0).eval()
     src = save_weights(clb, tmp_path / "clb.safetensors")
     fuse_checkpoint(src, tmp_path / "fused.pth")
     ours = torch.load(tmp_path / "fused.pth", map_location="cpu", weights_only=True)
     assert [(k, tuple(v.shape)) for k, v in ours.items()] == [(k, tuple(v.shape)) for k, v in ref.items()]
-    IMDN(infer_spec(ref)).load_state_dict(ours, strict=True)
+    IMDN(load_state_dict(ref, "team26")[0]).load_state_dict(ours, strict=True)
 
 
 def test_fuse_writes_only_after_the_proof_and_reports_it(tmp_path: Path) -> None:
-    clb = build_model(ModelSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=5)
+    clb = build_model(IMDNSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=5)
     with torch.no_grad():
         for n, p in clb.named_parameters():
             if ".branches.1." in n:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import load_weights, save_ntire, save_weights
 from sr_deploy.cli import main
-from sr_deploy.models import ModelSpec, build_model
 
-TINY = ModelSpec(blocks=2, channels=16, distilled=4)
+TINY = IMDNSpec(blocks=2, channels=16, distilled=4)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -41,7 +42,7 @@ def test_info_reads_weights_and_size(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["info", "--arch", "rcan"], "unknown architecture 'rcan'"),
+        (["info", "--arch", "rcan"], "--arch 'rcan': unknown architecture"),
         (["info", "--size", "256"], "--size '256'"),
         (["info", "--size", "0x5"], "positive integers"),
         (["info", "--arch", "imdn-b7", "--weights", "x.pth"], "not both"),

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.errors import SRDeployError
 from sr_deploy.evaluate import EvalReport, evaluate, load_pair, pair_eval_images
-from sr_deploy.models import ModelSpec, build_model
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -63,7 +64,7 @@ def test_evaluate_scores_and_keeps_going_past_a_corrupt_image(tmp_path: Path) ->
     for i in range(2):
         _write(hr / f"img{i}.png", _rng_image(24, 20, i))
     (hr / "broken.png").write_bytes(b"not a png")
-    model = build_model(ModelSpec(blocks=1, channels=16, distilled=4), seed=0).eval()
+    model = build_model(IMDNSpec(blocks=1, channels=16, distilled=4), seed=0).eval()
     report = EvalReport("w", "0" * 64, "tiny", "torch-cpu-fp32", 4, 4, "bicubic")
     evaluate(_torch_run(model), pair_eval_images(hr, None), report)
     assert [s.name for s in report.images] == ["img0.png", "img1.png"]

@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from sr_deploy.archs.blocks import ParallelConv
+from sr_deploy.archs.imdn import BLOCK_CONVS, IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model, preset, uncollapse
 from sr_deploy.errors import GateFailedError, SRDeployError
-from sr_deploy.fusion import collapse, collapse_verified, fold_parallel, uncollapse, verify_equivalence
-from sr_deploy.models import BLOCK_CONVS, IMDN, ModelSpec, ParallelConv, build_model, preset
+from sr_deploy.fusion import collapse, collapse_verified, fold_parallel, verify_equivalence
 
 
 def _randomize(module: nn.Module, seed: int, std: float = 0.1) -> None:
@@ -100,7 +102,7 @@ def test_identity_branch_needs_equal_channels() -> None:
         fold_parallel(ParallelConv([_conv(4, 6, 3)], identity=nn.Identity()), "x")
 
 
-def _random_clb(spec: ModelSpec, seed: int) -> IMDN:
+def _random_clb(spec: IMDNSpec, seed: int) -> IMDN:
     model = build_model(spec, seed=seed)
     _randomize(model, seed, std=0.03)
     return model.eval()
@@ -108,7 +110,7 @@ def _random_clb(spec: ModelSpec, seed: int) -> IMDN:
 
 @pytest.mark.parametrize("convs", [BLOCK_CONVS, ("conv1",), ("conv2", "conv4")])
 def test_collapse_imdn_meets_the_acceptance_tolerances(convs: tuple[str, ...]) -> None:
-    spec = ModelSpec(blocks=3, channels=16, distilled=4).with_clb(convs)
+    spec = IMDNSpec(blocks=3, channels=16, distilled=4).with_clb(convs)
     model = _random_clb(spec, seed=3)
     deploy, report = collapse_verified(model, shape=(1, 3, 37, 29))
     assert report.input_shape == (1, 3, 37, 29)
@@ -126,7 +128,7 @@ def test_collapse_paper_model_with_random_1x1_branches() -> None:
 
 
 def test_collapse_never_mutates_its_input() -> None:
-    model = _random_clb(ModelSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=1)
+    model = _random_clb(IMDNSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=1)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     keys = list(before)
@@ -138,7 +140,7 @@ def test_collapse_never_mutates_its_input() -> None:
 
 
 def test_verify_equivalence_detects_a_wrong_fold() -> None:
-    model = _random_clb(ModelSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=2)
+    model = _random_clb(IMDNSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=2)
     deploy = collapse(model)
     with torch.no_grad():
         deploy.model[0].weight[0, 0, 1, 1] += 1e-3
@@ -147,13 +149,13 @@ def test_verify_equivalence_detects_a_wrong_fold() -> None:
 
 
 def test_collapse_verified_raises_when_the_proof_fails() -> None:
-    model = _random_clb(ModelSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=2)
+    model = _random_clb(IMDNSpec(blocks=2, channels=16, distilled=4).with_clb(), seed=2)
     with pytest.raises(GateFailedError, match="not exact"):
         collapse_verified(model, tol_f64=0.0, tol_f32=0.0)
 
 
 def test_uncollapse_gives_zero_branches_and_the_same_function() -> None:
-    plain = _random_clb(ModelSpec(blocks=2, channels=16, distilled=4), seed=4)
+    plain = _random_clb(IMDNSpec(blocks=2, channels=16, distilled=4), seed=4)
     clb = uncollapse(plain)
     assert clb.spec.clb_convs == BLOCK_CONVS
     ones = [p for n, p in clb.named_parameters() if ".branches.1." in n]

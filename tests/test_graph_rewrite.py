@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from sr_deploy.models import IMDN
+from sr_deploy.archs.imdn import IMDN
 from sr_deploy.runtime.graph_rewrite import split_free
 from sr_deploy.runtime.ort_backend import OrtBackend
 

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import save_weights
 from sr_deploy.cli import main
-from sr_deploy.models import ModelSpec, build_model
 
-SPEC = ModelSpec(blocks=1, channels=16, distilled=4, scale=2)
+SPEC = IMDNSpec(blocks=1, channels=16, distilled=4, scale=2)
 
 
 @pytest.fixture()

@@ -191,7 +191,7 @@ def test_set5_psnr_matches_the_challenge_reference(shared: Path, team26_pth: Pat
     # checkpoint loads as a plain state dict, so the only thing under test beyond the network is us.
     import torch
 
-    from sr_deploy.models import build_model, preset
+    from sr_deploy.archs.registry import build_model, preset
 
     ref = json.loads((shared / "data" / "reference_psnr.json").read_text())["results"]
     per_image = ref[f"Set5/{team26_pth.name}"]["per_image"]

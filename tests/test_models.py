@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import BLOCK_CONVS, IMDNSpec
+from sr_deploy.archs.registry import build_model, preset, receptive_radius, spec_from_dict, spec_from_json
 from sr_deploy.errors import SRDeployError
-from sr_deploy.models import BLOCK_CONVS, ModelSpec, build_model, preset, receptive_radius
 from sr_deploy.profile import profile_model
 
 
@@ -39,28 +40,28 @@ def test_unknown_preset_is_a_clear_error(bad: str) -> None:
 @pytest.mark.parametrize(
     "spec",
     [
-        ModelSpec(),
-        ModelSpec(blocks=7).with_clb(),
-        ModelSpec(blocks=2, channels=16, distilled=4, scale=2).with_clb(("conv1", "conv3")),
-        ModelSpec(blocks=3, channels=32, distilled=8, scale=3, slope=0.1),
+        IMDNSpec(),
+        IMDNSpec(blocks=7).with_clb(),
+        IMDNSpec(blocks=2, channels=16, distilled=4, scale=2).with_clb(("conv1", "conv3")),
+        IMDNSpec(blocks=3, channels=32, distilled=8, scale=3, slope=0.1),
     ],
 )
-def test_spec_round_trips_through_json(spec: ModelSpec) -> None:
-    assert ModelSpec.from_json(spec.to_json()) == spec
+def test_spec_round_trips_through_json(spec: IMDNSpec) -> None:
+    assert spec_from_json(spec.to_json()) == spec
 
 
 def test_spec_validation_names_the_problem() -> None:
     with pytest.raises(SRDeployError, match="unknown CLB conv"):
-        ModelSpec(clb_convs=("conv9",))
+        IMDNSpec(clb_convs=("conv9",))
     with pytest.raises(SRDeployError, match="4 x distilled"):
-        ModelSpec(channels=64, distilled=10)
+        IMDNSpec(channels=64, distilled=10)
     with pytest.raises(SRDeployError, match="unknown field"):
-        ModelSpec.from_dict({"blocks": 2, "blcoks": 3})
+        spec_from_dict({"blocks": 2, "blcoks": 3})
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_is_scale_times_larger_on_odd_sizes(scale: int) -> None:
-    model = build_model(ModelSpec(blocks=1, channels=16, distilled=4, scale=scale), seed=0).eval()
+    model = build_model(IMDNSpec(blocks=1, channels=16, distilled=4, scale=scale), seed=0).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 7, 5))
     assert out.shape == (1, 3, 7 * scale, 5 * scale)
@@ -70,8 +71,8 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    a = build_model(ModelSpec(blocks=1, channels=16, distilled=4), seed=5)
-    b = build_model(ModelSpec(blocks=1, channels=16, distilled=4), seed=5)
+    a = build_model(IMDNSpec(blocks=1, channels=16, distilled=4), seed=5)
+    b = build_model(IMDNSpec(blocks=1, channels=16, distilled=4), seed=5)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert torch.equal(torch.rand(1), expected_next)
 
@@ -96,7 +97,7 @@ def test_profile_matches_the_challenge_counter(
 
 def test_receptive_radius_is_tight() -> None:
     """Perturbing one LR pixel changes HR outputs exactly within radius LR pixels of it."""
-    spec = ModelSpec(blocks=2, channels=16, distilled=4, scale=2)
+    spec = IMDNSpec(blocks=2, channels=16, distilled=4, scale=2)
     model = build_model(spec, seed=0).double().eval()
     r = receptive_radius(spec)
     size, c = 2 * r + 9, r + 4

@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import save_weights
 from sr_deploy.cli import main
 from sr_deploy.export.onnx import read_onnx_metadata
 from sr_deploy.fileio import sha256_file
-from sr_deploy.models import ModelSpec, build_model
 
-SMALL = ModelSpec(blocks=2, channels=16, distilled=4)
+SMALL = IMDNSpec(blocks=2, channels=16, distilled=4)
 
 
 @pytest.fixture()
@@ -51,7 +52,7 @@ def test_unknown_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     bad = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, bad)
     err = run_error(["export-onnx", "--weights", str(bad), "-o", str(tmp_path / "m.onnx")], capsys)
-    assert "other.pth" in err and "not an IMDN checkpoint" in err
+    assert "other.pth" in err and "no known architecture matches" in err
     assert not (tmp_path / "m.onnx").exists()
 
 

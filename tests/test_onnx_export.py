@@ -12,6 +12,8 @@ import torch
 from onnx import TensorProto, helper
 
 from sr_deploy import __version__
+from sr_deploy.archs.imdn import IMDN, IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import save_weights
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.export.onnx import (
@@ -28,13 +30,12 @@ from sr_deploy.export.onnx import (
     require_onnx_path,
     require_weights_path,
 )
-from sr_deploy.models import IMDN, ModelSpec, build_model
 
-SMALL = ModelSpec(blocks=2, channels=16, distilled=4)
+SMALL = IMDNSpec(blocks=2, channels=16, distilled=4)
 SHA = "ab" * 32
 
 
-def expected_ops(spec: ModelSpec, casts: int) -> dict[str, int]:
+def expected_ops(spec: IMDNSpec, casts: int) -> dict[str, int]:
     """The whole graph, op by op: a new operator (or a lost fusion) changes this and fails the test."""
     ops = {
         "Conv": 5 * spec.blocks + 3,  # 4 convs + the 1x1 fusion per block, head, body tail, upsampler

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDN
 from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
 from sr_deploy.export.onnx import random_references
-from sr_deploy.models import IMDN
 from sr_deploy.runtime import factory
 from sr_deploy.runtime.ov_backend import openvino_status
 

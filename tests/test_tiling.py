@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model, receptive_radius
 from sr_deploy.errors import SRDeployError
 from sr_deploy.imaging.io import quantize
 from sr_deploy.imaging.tiling import plan_axis, upscale_tiled
-from sr_deploy.models import ModelSpec, build_model, receptive_radius
 
-SPEC = ModelSpec(blocks=2, channels=16, distilled=4)
+SPEC = IMDNSpec(blocks=2, channels=16, distilled=4)
 SCALE = SPEC.scale
 Run = Callable[[np.ndarray], np.ndarray]
 

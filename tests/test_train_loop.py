@@ -14,11 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import fuse_checkpoint, load_model, save_ntire
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.fusion import collapse_verified
 from sr_deploy.imaging.io import write_image
-from sr_deploy.models import ModelSpec, build_model
 from sr_deploy.train.config import DataConfig, StageConfig, TrainConfig
 from sr_deploy.train.loop import (
     StopRequest,
@@ -253,7 +254,7 @@ def test_bad_data_fails_before_a_run_folder_exists(images: Path, tmp_path: Path)
 
 
 def test_init_from_plain_weights_starts_from_the_same_function(images: Path, tmp_path: Path) -> None:
-    plain = build_model(ModelSpec(blocks=2, **TINY), seed=11).eval()
+    plain = build_model(IMDNSpec(blocks=2, **TINY), seed=11).eval()
     pth = save_ntire(plain, tmp_path / "plain.pth")
     run = tmp_path / "ft"
     cfg = tiny_config(images).with_overrides(init_from=str(pth), val_at_start=True, epochs=1)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from sr_deploy.archs.imdn import IMDNSpec
+from sr_deploy.archs.registry import build_model, receptive_radius
 from sr_deploy.errors import SRDeployError
 from sr_deploy.imaging.io import read_image
-from sr_deploy.models import ModelSpec, build_model, receptive_radius
 from sr_deploy.upscale import plan_jobs, upscale_array, upscale_files
 
-SPEC = ModelSpec(blocks=1, channels=16, distilled=4, scale=2)
+SPEC = IMDNSpec(blocks=1, channels=16, distilled=4, scale=2)
 
 
 def _run():  # type: ignore[no-untyped-def]

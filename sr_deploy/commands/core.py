@@ -16,9 +16,9 @@ from sr_deploy.shapes import parse_hw
 
 def info_report(arch: str | None, weights: str | None, size: tuple[int, int]) -> dict[str, Any]:
     """Profiles of the training-time (CLB) and collapsed forms of an architecture or a checkpoint."""
+    from sr_deploy.archs.registry import arch_of, build_model, preset
     from sr_deploy.checkpoints import load_weights
     from sr_deploy.fusion import collapse
-    from sr_deploy.models import build_model, preset
     from sr_deploy.profile import profile_model
 
     if arch and weights:
@@ -30,18 +30,28 @@ def info_report(arch: str | None, weights: str | None, size: tuple[int, int]) ->
         source = loaded.to_dict()
     else:
         spec = preset(arch or "imdn-b7")
-    train_spec = spec if spec.clb else spec.with_clb()
-    train_model = build_model(train_spec, seed=0).eval()
-    deploy_model = collapse(train_model)
-    forms = {
-        "training": profile_model(train_model, size).to_dict(),
-        "collapsed": profile_model(deploy_model, size).to_dict(),
+    architecture = arch_of(spec)
+    train_spec = spec if spec.training_form else architecture.training_spec(spec)
+    forms: dict[str, Any] = {}
+    if train_spec is not None:
+        train_model = build_model(train_spec, seed=0).eval()
+        forms["training"] = profile_model(train_model, size).to_dict()
+        forms["collapsed"] = profile_model(collapse(train_model), size).to_dict()
+    else:
+        forms["deploy"] = profile_model(build_model(spec, seed=0).eval(), size).to_dict()
+    return {
+        "arch": spec.name,
+        "architecture": architecture.id,
+        "spec": spec.to_dict(),
+        "input_range": architecture.input_range,
+        "tiling": architecture.tiling.to_dict(),
+        "weights": source or None,
+        "forms": forms,
     }
-    return {"arch": spec.name, "spec": spec.to_dict(), "weights": source or None, "forms": forms}
 
 
 def _print_info(report: dict[str, Any], console: Console) -> None:
-    hw = report["forms"]["collapsed"]["input_hw"]
+    hw = next(iter(report["forms"].values()))["input_hw"]
     table = Table(title=f"{report['arch']} at 1x3x{hw[0]}x{hw[1]} (NTIRE 2022 ESR counter)")
     for col in ("form", "arch", "params", "FLOPs [G]", "activations [M]", "convs"):
         table.add_column(col, justify="right" if col not in ("form", "arch") else "left")
@@ -64,7 +74,7 @@ def register(app: typer.Typer) -> None:
     @app.command("info")
     def info(
         arch: Annotated[
-            str | None, typer.Option(help="Preset: imdn-b8, imdn-b7, imdn-b7-clb, imdn-b<N>[-clb].")
+            str | None, typer.Option(help="Preset, e.g. imdn-b7, imdn-b7-clb, rfdn, rlfn, fmen (srdeploy info --list).")
         ] = None,
         weights: Annotated[str | None, typer.Option(help="A checkpoint (.safetensors, .pth or ntire:team26).")] = None,
         size: Annotated[str, typer.Option(help="LR input size HxW for FLOPs and activations.")] = "256x256",

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sr_deploy.archs.spec import ArchSpec
 from sr_deploy.errors import SRDeployError
-from sr_deploy.models.spec import ModelSpec
 from sr_deploy.runtime.base import BACKEND_KINDS as BACKENDS
 from sr_deploy.runtime.base import Backend
 
@@ -34,7 +34,7 @@ def _progress(total: int, what: str) -> Iterator[Callable[[str], None]]:
         yield lambda name: progress.update(task, advance=1, name=name)
 
 
-def _open_backend(kind: str, weights: str, scale: int | None) -> tuple[Backend, ModelSpec, str]:
+def _open_backend(kind: str, weights: str, scale: int | None) -> tuple[Backend, ArchSpec, str]:
     """(backend, spec, sha256) for the deploy form of `weights`."""
     from sr_deploy.checkpoints import load_model
     from sr_deploy.runtime.factory import graph_cache, make_backend
@@ -113,19 +113,30 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime, openvino or tensorrt.")] = "auto",
         fmt: Annotated[str, typer.Option("--format", help="png, or same (keep each input's format).")] = "png",
         overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+        inexact_tiles: Annotated[
+            bool,
+            typer.Option(
+                "--inexact-tiles",
+                help="Accept tiles for an architecture whose output depends on the tile (RFDN, RLFN: ESA attention).",
+            ),
+        ] = False,
     ) -> None:
-        """Upscale images, keeping their names; tiles give the same result as the whole image."""
-        from sr_deploy.imaging.tiling import check_tile_args
-        from sr_deploy.models import receptive_radius
+        """Upscale images, keeping their names; where the architecture allows, tiles give the whole image's result."""
+        from sr_deploy.archs.registry import arch_of
+        from sr_deploy.imaging.tiling import check_tile_args, check_tiling_policy
         from sr_deploy.upscale import plan_jobs, upscale_files
 
         if tile < 0:
             raise SRDeployError(f"--tile must be >= 0 (0 = no tiling), got {tile}")
         jobs = plan_jobs(inputs, output, fmt=fmt, overwrite=overwrite)
         be, spec, _ = _open_backend(backend, weights, None)
-        scale, radius = spec.scale, receptive_radius(spec)
+        architecture = arch_of(spec)
+        scale, radius = spec.scale, architecture.receptive_radius(spec)
         overlap = radius if tile_overlap is None else tile_overlap
         if tile:
+            note = check_tiling_policy(spec.name, architecture.tiling, architecture.min_input_size, tile, inexact_tiles)
+            if note:
+                Console(stderr=True).print(note, markup=False)
             check_tile_args(tile, overlap)
             if overlap < radius:
                 Console(stderr=True).print(

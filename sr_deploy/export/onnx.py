@@ -1,4 +1,4 @@
-"""ONNX export of a deploy-form IMDN, in FP32 or FP16, verified against torch before anything is written.
+"""ONNX export of a deploy-form SRNet, in FP32 or FP16, verified against torch before anything is written.
 
 Exporter: torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, onnxscript). In torch 2.13 it gives a
 clean graph (Conv, LeakyRelu, Split, Add, Concat, one DepthToSpace in CRD mode; no Shape/Reshape arithmetic, no
@@ -37,11 +37,12 @@ import torch
 from torch import nn
 
 from sr_deploy import __version__
+from sr_deploy.archs.base import SRNet
+from sr_deploy.archs.registry import arch_of, spec_from_json
+from sr_deploy.archs.spec import ArchSpec
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import atomic_path, check_output_path, sha256_file
 from sr_deploy.fusion import collapse_verified
-from sr_deploy.models.imdn import IMDN
-from sr_deploy.models.spec import ModelSpec
 
 Precision = Literal["fp32", "fp16"]
 
@@ -54,9 +55,16 @@ MIN_OPSET = 17
 #: Highest opset the installed exporter writes; TensorRT 10.x parses up to about 22, so 18 stays the default.
 MAX_OPSET = 25
 
-#: Every operator the export may contain. Each is in TensorRT's ONNX parser's supported-operator list
-#: (onnx-tensorrt docs/operators.md) for FP32 and FP16; tests hold the exact set per precision.
-TRT_SUPPORTED_OPS: frozenset[str] = frozenset({"Conv", "LeakyRelu", "Split", "Add", "Concat", "DepthToSpace", "Cast"})
+#: Operators every export may contain; each architecture adds its own (``Architecture.onnx_ops``). All are in
+#: TensorRT's ONNX parser's supported-operator list (onnx-tensorrt docs/operators.md) for FP32 and FP16; tests hold
+#: the exact set per architecture and precision.
+COMMON_OPS: frozenset[str] = frozenset({"Conv", "Add", "DepthToSpace", "Cast"})
+
+
+def allowed_ops(spec: ArchSpec) -> frozenset[str]:
+    """The operator set a deploy graph of `spec` is held to: the common set plus what its architecture needs."""
+    return COMMON_OPS | arch_of(spec).onnx_ops
+
 
 META_FORMAT = "srdeploy.format"
 META_KEYS = ("spec", "scale", "srdeploy_version", "weights_sha256", "precision", "io")
@@ -161,7 +169,7 @@ class OnnxExportReport:
     opset: int
     static_hw: tuple[int, int] | None
     keep_last_conv_fp32: bool
-    spec: ModelSpec
+    spec: ArchSpec
     weights_sha256: str
     ops: dict[str, int]
     casts: list[dict[str, str]]
@@ -191,7 +199,7 @@ class OnnxMetadata:
     """What srdeploy wrote into an ONNX file's metadata_props, read back."""
 
     path: str
-    spec: ModelSpec
+    spec: ArchSpec
     scale: int
     srdeploy_version: str
     weights_sha256: str
@@ -275,7 +283,7 @@ def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
     missing = [k for k in META_KEYS if k not in props]
     if missing:
         raise SRDeployError(f"{p}: not written by srdeploy export-onnx (metadata lacks {', '.join(missing)})")
-    spec = ModelSpec.from_json(props["spec"])
+    spec = spec_from_json(props["spec"], str(p))
     inp = model.graph.input[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.shape.dim]
     static = (int(dims[2]), int(dims[3])) if len(dims) == 4 and dims[2] and dims[3] else None
@@ -297,26 +305,27 @@ def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
 
 # ---------------------------------------------------------------------------------------------- graph
 class _DeployGraph(nn.Module):
-    """IMDN with the precision plan written out as explicit casts, so the exported Casts are exactly these.
+    """A deploy-form SRNet with the precision plan written out as explicit casts, so the exported Casts are exactly
+    these. The weights' value range (``input_range``) is scaled inside the graph: [0, 1] in, [0, 1] out."""
 
-    Relies on the IMDN layout ``model = [head conv, shortcut(body), upsampler conv, PixelShuffle]``.
-    """
-
-    def __init__(self, model: IMDN, compute: torch.dtype, io_dtype: torch.dtype, last_fp32: bool) -> None:
+    def __init__(self, model: SRNet, compute: torch.dtype, io_dtype: torch.dtype, last_fp32: bool) -> None:
         super().__init__()
         # A copy: nn.Module.to() converts in place, and the caller's FP32 model is the verification reference.
-        head, body, up, shuffle = copy.deepcopy(model).model
-        self.features = nn.Sequential(head, body).to(compute)
+        self.net = copy.deepcopy(model).to(compute)
         self.up_dtype = torch.float32 if last_fp32 else compute
-        self.up = up.to(self.up_dtype)
-        self.shuffle = shuffle
+        self.up = self.net.upsampler().to(self.up_dtype)
         self.compute = compute
         self.io_dtype = io_dtype
+        self.input_range = model.input_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # .to() with the same dtype is a no-op in the exported graph, so no Cast appears unless types change.
-        h = self.features(x.to(self.compute))
-        out: torch.Tensor = self.shuffle(self.up(h.to(self.up_dtype)))
+        x = x.to(self.compute)
+        if self.input_range != 1.0:
+            x = x * self.input_range
+        out: torch.Tensor = self.up(self.net.features(x).to(self.up_dtype))
+        if self.input_range != 1.0:
+            out = out / self.input_range
         return out.to(self.io_dtype)
 
 
@@ -353,18 +362,18 @@ def check_export_args(precision: str, io_: str, opset: int, static_hw: tuple[int
         raise SRDeployError(f"--static {static_hw}: height and width must be positive integers")
 
 
-def _deploy_model(model: IMDN) -> IMDN:
+def _deploy_model(model: SRNet) -> SRNet:
     """A float32 CPU eval copy in deploy form; a training-time (CLB) model is collapsed with its proof."""
     m = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
-    if m.spec.clb:
+    if m.spec.training_form:
         collapsed, _ = collapse_verified(m)
-        assert isinstance(collapsed, IMDN)
+        assert isinstance(collapsed, SRNet)
         m = collapsed.float().eval()
     return m
 
 
 def build_onnx_model(
-    model: IMDN,
+    model: SRNet,
     *,
     precision: Precision = "fp32",
     io: Precision = "fp32",
@@ -465,7 +474,7 @@ def cast_audit(model: onnx.ModelProto) -> list[dict[str, str]]:
 
 
 def _add_metadata(
-    model: onnx.ModelProto, spec: ModelSpec, weights_sha256: str, precision: str, io_: str, keep_last: bool
+    model: onnx.ModelProto, spec: ArchSpec, weights_sha256: str, precision: str, io_: str, keep_last: bool
 ) -> None:
     del model.metadata_props[:]
     props = {
@@ -492,7 +501,7 @@ def _add_metadata(
 
 # ---------------------------------------------------------------------------------------------- verification
 def random_references(
-    spec: ModelSpec, *, seed: int = 0, shapes: Sequence[tuple[int, int]] = ((37, 29), (16, 48))
+    spec: ArchSpec, *, seed: int = 0, shapes: Sequence[tuple[int, int]] = ((37, 29), (16, 48))
 ) -> list[ReferenceImage]:
     """Seeded uniform [0, 1] inputs at odd, non-square sizes: the fallback when no real images are at hand."""
     rng = np.random.default_rng(seed)
@@ -593,7 +602,7 @@ class _ErrorStats:
 
 def verify_onnx(
     onnx_source: str | Path | bytes,
-    model: IMDN,
+    model: SRNet,
     references: Sequence[ReferenceImage],
     *,
     precision: Precision,
@@ -676,7 +685,7 @@ def _gates(r: VerificationReport, precision: Precision, g: ExportGates) -> list[
 
 # ---------------------------------------------------------------------------------------------- export
 def export_onnx(
-    model: IMDN,
+    model: SRNet,
     path: str | Path,
     *,
     precision: Precision = "fp32",
@@ -708,7 +717,7 @@ def export_onnx(
     except onnx.checker.ValidationError as e:
         raise GateFailedError(f"exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
     ops = op_counts(proto)
-    foreign = sorted(set(ops) - TRT_SUPPORTED_OPS)
+    foreign = sorted(set(ops) - allowed_ops(deploy.spec))
     if foreign:
         raise GateFailedError(f"exported graph has operators outside the TensorRT-supported set: {foreign}")
     casts = cast_audit(proto)

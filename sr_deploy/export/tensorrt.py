@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from sr_deploy.models.imdn import IMDN
+    from sr_deploy.archs.base import SRNet
 
 TRT_MISSING = "TensorRT is not installed: pip install 'srdeploy[trt]' on a machine with an NVIDIA GPU"
 MAX_OPT_LEVEL = 5
@@ -667,7 +667,7 @@ def _reusable_onnx(path: Path, weights_sha256: str) -> bool:
 
 
 def export_onnx_for_model(
-    model: IMDN, model_name: str, weights_sha256: str, precisions: Sequence[Precision], out_dir: Path
+    model: SRNet, model_name: str, weights_sha256: str, precisions: Sequence[Precision], out_dir: Path
 ) -> OnnxGraphs:
     """The ONNX graphs the engines need (FP32 always: it is the gate's reference), exported or reused."""
     from sr_deploy.export.onnx import export_onnx
@@ -694,7 +694,7 @@ def export_onnx_graphs(weights: str, precisions: Sequence[Precision], out_dir: P
 
 
 def engine_for_model(
-    model: IMDN, precision: Precision, *, weights_sha256: str = "", work_dir: Path | None = None
+    model: SRNet, precision: Precision, *, weights_sha256: str = "", work_dir: Path | None = None
 ) -> Path:
     """Build (or reuse) the engine for an in-memory model with the default profile; for the Backend factory."""
     require_tensorrt()

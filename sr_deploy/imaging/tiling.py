@@ -1,7 +1,7 @@
 """Tiled upscaling: bounded memory and one fixed input shape, with results equal to the untiled run.
 
 Why the result is exact. A convolutional SR network's output pixel depends only on LR pixels within
-its receptive radius r (``sr_deploy.models.receptive_radius``), *and* on where the zero padding of
+its receptive radius r (``Architecture.receptive_radius``), *and* on where the zero padding of
 every conv layer sits. Inside a tile, a kept output pixel is therefore right when
 
 * towards a neighbouring tile, at least r real LR pixels of context lie between it and the tile's
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sr_deploy.archs.spec import TilingPolicy
 from sr_deploy.errors import SRDeployError
 from sr_deploy.imaging.io import quantize
 
@@ -44,6 +45,20 @@ class AxisTile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"start": self.start, "size": self.size, "keep_lo": self.keep_lo, "keep_hi": self.keep_hi}
+
+
+def check_tiling_policy(name: str, policy: TilingPolicy, min_size: int, tile: int, accept_inexact: bool) -> str:
+    """Refuse tiling that the architecture's policy cannot honour; return the note to print for inexact tiling."""
+    if tile < min_size:
+        raise SRDeployError(f"--tile {tile}: {name} needs inputs of at least {min_size}x{min_size} LR pixels")
+    if policy.exact:
+        return ""
+    if not accept_inexact:
+        raise SRDeployError(
+            f"--tile {tile}: {name} cannot be tiled exactly ({policy.reason}); "
+            "pass --inexact-tiles to accept output that differs from the whole image, or use --tile 0"
+        )
+    return f"note: {name} is tiled inexactly ({policy.reason}); the output differs slightly from the whole image"
 
 
 def check_tile_args(tile: int, overlap: int) -> None:

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from sr_deploy import __version__
+from sr_deploy.archs.base import SRNet
 from sr_deploy.errors import MissingDependencyError, SRDeployError
-from sr_deploy.models.imdn import IMDN
 from sr_deploy.runtime.base import BACKEND_KINDS, Backend
 from sr_deploy.runtime.torch_backend import (
     PrecisionCheck,
@@ -109,7 +109,7 @@ def graph_cache() -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
-def _onnx_for(model: IMDN, precision: str, weights_sha256: str, work_dir: Path) -> Path:
+def _onnx_for(model: SRNet, precision: str, weights_sha256: str, work_dir: Path) -> Path:
     """The model's ONNX graph in `work_dir`, exported (and verified) unless an identical one is already there."""
     from sr_deploy.export.onnx import export_onnx, read_onnx_metadata
 
@@ -136,7 +136,7 @@ def _onnx_for(model: IMDN, precision: str, weights_sha256: str, work_dir: Path) 
 
 def make_backend(
     kind: str,
-    model: IMDN,
+    model: SRNet,
     *,
     precision: str = "fp32",
     device: str = "auto",
@@ -172,7 +172,7 @@ def make_backend(
 
 
 def _make_torch(
-    model: IMDN, precision: str, device: str, channels_last: bool | None, references: Sequence[Any] | None
+    model: SRNet, precision: str, device: str, channels_last: bool | None, references: Sequence[Any] | None
 ) -> TorchBackend:
     cpu = device == "cpu"
     # channels_last: measured faster on the CPU (oneDNN's blocked NHWC convs); on CUDA it pays off in half only.
@@ -191,7 +191,7 @@ def _make_torch(
 
 
 def _bf16_gate(
-    model: IMDN, references: Sequence[Any] | None, run: Callable[[np.ndarray], np.ndarray] | None = None
+    model: SRNet, references: Sequence[Any] | None, run: Callable[[np.ndarray], np.ndarray] | None = None
 ) -> PrecisionCheck:
     """The bf16 accuracy gate on `references` (default: Set5 or seeded random inputs); raises when it fails.
     `run` is the bf16 side (default: torch bf16)."""
@@ -199,7 +199,7 @@ def _bf16_gate(
     return require_precision(check_precision(model, refs, precision="bf16", label=label, run=run))
 
 
-def _bf16_references(model: IMDN, references: Sequence[Any] | None) -> tuple[Sequence[Any], str]:
+def _bf16_references(model: SRNet, references: Sequence[Any] | None) -> tuple[Sequence[Any], str]:
     from sr_deploy.export.onnx import default_reference_folder, load_reference_images, random_references
 
     if references is not None:
@@ -210,7 +210,7 @@ def _bf16_references(model: IMDN, references: Sequence[Any] | None) -> tuple[Seq
     return random_references(model.spec, seed=0), "random inputs (seed 0)"
 
 
-def _graph(model: IMDN, precision: str, weights_sha256: str, work_dir: Path | None) -> Path | bytes:
+def _graph(model: SRNet, precision: str, weights_sha256: str, work_dir: Path | None) -> Path | bytes:
     """The verified ONNX graph: its file in `work_dir` (reused when the weights hash matches), or without a work
     folder its bytes (exported in a temporary folder that is gone when this returns)."""
     if work_dir is not None:
@@ -222,7 +222,7 @@ def _graph(model: IMDN, precision: str, weights_sha256: str, work_dir: Path | No
 
 
 def _make_ort(
-    model: IMDN,
+    model: SRNet,
     precision: str,
     device: str,
     weights_sha256: str,
@@ -239,7 +239,7 @@ def _make_ort(
 
 
 def _make_openvino(
-    model: IMDN,
+    model: SRNet,
     precision: str,
     device: str,
     weights_sha256: str,
@@ -260,7 +260,7 @@ def _make_openvino(
     return backend
 
 
-def _make_tensorrt(model: IMDN, precision: str, weights_sha256: str, work_dir: Path | None) -> Backend:
+def _make_tensorrt(model: SRNet, precision: str, weights_sha256: str, work_dir: Path | None) -> Backend:
     from sr_deploy.export.tensorrt import require_tensorrt
 
     require_tensorrt()

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sr_deploy.archs.base import SRNet
 from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
-from sr_deploy.models.imdn import IMDN
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 
 TorchPrecision = Literal["fp32", "fp16", "bf16"]
@@ -91,7 +91,7 @@ class TorchBackend(Backend):
 
     def __init__(
         self,
-        model: IMDN,
+        model: SRNet,
         *,
         device: str = "cpu",
         precision: TorchPrecision = "fp32",
@@ -126,7 +126,7 @@ class TorchBackend(Backend):
         return BackendInfo("torch", name, self._precision, dict(self._details))
 
     @property
-    def model(self) -> IMDN:
+    def model(self) -> SRNet:
         return self._model
 
     def add_detail(self, key: str, value: Any) -> None:
@@ -200,7 +200,7 @@ class PrecisionCheck:
         }
 
 
-def _torch_runner(model: IMDN, precision: TorchPrecision) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_runner(model: SRNet, precision: TorchPrecision) -> Callable[[np.ndarray], np.ndarray]:
     low = copy.deepcopy(model).to(_DTYPES[precision]).eval()
 
     def run(lr: np.ndarray) -> np.ndarray:
@@ -212,7 +212,7 @@ def _torch_runner(model: IMDN, precision: TorchPrecision) -> Callable[[np.ndarra
 
 
 def check_precision(
-    model: IMDN,
+    model: SRNet,
     references: Sequence[Any],
     *,
     precision: TorchPrecision = "bf16",

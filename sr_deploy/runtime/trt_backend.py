@@ -38,7 +38,7 @@ from sr_deploy.trt_plan import (
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from sr_deploy.models.imdn import IMDN
+    from sr_deploy.archs.base import SRNet
 
 PYCUDA_MISSING = (
     "pycuda is not installed: pip install 'srdeploy[trt]' on a machine with an NVIDIA GPU "
@@ -530,7 +530,7 @@ def deserialize_engine(blob: bytes, source: str) -> LoadedEngine:
 
 
 def backend_for_model(
-    model: IMDN,
+    model: SRNet,
     *,
     precision: str,
     weights_sha256: str = "",

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sr_deploy.archs.registry import arch_of, preset
+from sr_deploy.archs.spec import ArchSpec
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import write_text_atomic
-from sr_deploy.models.spec import ModelSpec, preset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,7 +126,7 @@ class TrainConfig:
     """A whole training run. `stages` run in order; each after the first starts from the previous weights."""
 
     arch: str = "imdn-b7-clb"
-    #: overrides of the arch's ModelSpec fields, e.g. {"channels": 16, "distilled": 4} for a tiny model.
+    #: overrides of the arch's ArchSpec fields, e.g. {"channels": 16, "distilled": 4} for a tiny model.
     model: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -141,17 +142,16 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     stages: tuple[StageConfig, ...] = field(default_factory=paper_stages)
 
-    def spec(self) -> ModelSpec:
-        """The ModelSpec this run trains: the arch preset with `model` overrides applied."""
-        base = preset(self.arch)
-        known = {f.name for f in fields(ModelSpec)}
+    def spec(self) -> ArchSpec:
+        """The ArchSpec this run trains: the arch preset with `model` overrides applied."""
+        base = preset(self.arch, "arch")
+        known = {f.name for f in fields(base)}  # type: ignore[arg-type]
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise SRDeployError(f"config: unknown key model.{unknown[0]}; expected one of {sorted(known)}")
-        overrides = dict(self.model)
-        if "clb_convs" in overrides:
-            overrides["clb_convs"] = tuple(overrides["clb_convs"])
-        return replace(base, **overrides)
+        merged = {**base.to_dict(), **self.model}
+        spec: ArchSpec = arch_of(base).spec_from_dict(merged, "config: model")
+        return spec
 
     def validate(self) -> TrainConfig:
         """Raise one SRDeployError listing every problem; return self so calls chain."""
@@ -206,7 +206,7 @@ class TrainConfig:
         kwargs: dict[str, Any] = {k: _none_if_empty(v) for k, v in top.items()}
         if "model" in d:
             if not isinstance(d["model"], dict):
-                raise SRDeployError(f"{source}: model must be a table of ModelSpec fields")
+                raise SRDeployError(f"{source}: model must be a table of ArchSpec fields")
             kwargs["model"] = dict(d["model"])
         if "data" in d:
             if not isinstance(d["data"], dict):

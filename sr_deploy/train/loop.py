@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr_deploy import __version__
+from sr_deploy.archs.base import SRNet
+from sr_deploy.archs.registry import build_model, spec_from_dict
+from sr_deploy.archs.spec import ArchSpec
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.fileio import atomic_path, write_text_atomic
-from sr_deploy.models.imdn import IMDN, build_model
-from sr_deploy.models.spec import ModelSpec
 from sr_deploy.train.config import StageConfig, TrainConfig, load_config
 from sr_deploy.train.data import (
     CropDataset,
@@ -394,7 +395,7 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_state(path: Path, spec: ModelSpec) -> dict[str, Any]:
+def load_state(path: Path, spec: ArchSpec) -> dict[str, Any]:
     """The resume state, checked to belong to a run of `spec`."""
     # MultiStepLR keeps its milestones in a Counter; allow exactly that besides plain tensors and containers.
     try:
@@ -405,7 +406,7 @@ def load_state(path: Path, spec: ModelSpec) -> dict[str, Any]:
         raise SRDeployError(f"{path}: not a readable training state ({first})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise SRDeployError(f"{path}: not an srdeploy training state")
-    saved = ModelSpec.from_dict(state["spec"])
+    saved = spec_from_dict(state["spec"], str(path))
     if saved != spec:
         raise SRDeployError(f"{path}: state was made with arch {saved.name}, the run's config says {spec.name}")
     return state
@@ -419,13 +420,13 @@ class _Run:
     """Everything one training process holds; methods each do one part of the loop."""
 
     cfg: TrainConfig
-    spec: ModelSpec
+    spec: ArchSpec
     paths: RunPaths
     ctx: DistContext
     stop: StopRequest
     log: Log
     show_progress: bool
-    model: IMDN
+    model: SRNet
     pairs: list[Pair]
     val_images: list[ValImage]
     metrics: MetricsLog
@@ -739,13 +740,13 @@ class _EpochBar:
 # --- entry points -----------------------------------------------------------------------------------------
 
 
-def _init_model(cfg: TrainConfig, spec: ModelSpec) -> tuple[IMDN, str]:
+def _init_model(cfg: TrainConfig, spec: ArchSpec) -> tuple[SRNet, str]:
     """A seeded random init, or `init_from` converted to the run's CLB form (exact: zero 1x1 branches)."""
     if cfg.init_from is None:
         return build_model(spec, seed=cfg.seed), ""
     from sr_deploy.checkpoints import load_model
 
-    model, loaded = load_model(cfg.init_from, form="clb" if spec.clb else "plain")
+    model, loaded = load_model(cfg.init_from, form="clb" if spec.training_form else "plain")
     if model.spec != spec:
         raise SRDeployError(
             f"--init-from {cfg.init_from}: weights are {model.spec.name} ({loaded.spec.name} as stored), "
@@ -765,7 +766,7 @@ def _check_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
             )
 
 
-def _start_folder(cfg: TrainConfig, spec: ModelSpec, paths: RunPaths) -> None:
+def _start_folder(cfg: TrainConfig, spec: ArchSpec, paths: RunPaths) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     cfg.save(paths.config)
     info = {
@@ -806,7 +807,7 @@ def train(
 
 def _train(
     cfg: TrainConfig,
-    spec: ModelSpec,
+    spec: ArchSpec,
     paths: RunPaths,
     ctx: DistContext,
     resume: bool,

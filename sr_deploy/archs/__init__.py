@@ -1,0 +1,1 @@
+"""Architectures as plug-ins: the protocol (``base``, ``spec``), the registry and one module per architecture."""
