@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -40,13 +40,17 @@ if TYPE_CHECKING:
 
 #: The paper's runtime budget: mean per-image x4 upscale of the DIV2K validation LR images, forward pass only.
 DEFAULT_BUDGET_MS = 49.42
-#: The PSNR protocol of ../shared/data/reference_psnr.json: uint8, Y (MATLAB rgb2ycbcr), 4 pixels cut per border.
+#: The PSNR protocol of ../shared/data/reference_psnr.json: uint8, 4 pixels cut per border, RGB and Y (MATLAB
+#: rgb2ycbcr). RGB is the challenge's metric: NTIRE 2022 ESR test_demo.py ranks by it (its Y lines are commented
+#: out), and the paper's 29.05 dB is RGB; Y is what most SR papers tabulate.
 PSNR_CROP_BORDER = 4
+#: Which of the two PSNRs the challenge ranked by, for tables and notes.
+CHALLENGE_PSNR = "rgb"
 #: Bumped when the report's JSON layout changes incompatibly.
 SCHEMA_VERSION = 1
 
 BACKEND_CHOICES: tuple[str, ...] = (*BACKEND_KINDS, "all")
-PRECISION_CHOICES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 #: Backends whose `prepare` runs a forward pass at the largest size (a warm-up) and that need nothing allocated
 #: before their first run. The challenge did no warm-up, so the bench does not call their `prepare`: their first
@@ -79,21 +83,51 @@ class BenchImage:
         return int(self.lr.shape[1])
 
 
-def synthetic_images(height: int, width: int, count: int, *, seed: int) -> list[BenchImage]:
-    """`count` reproducible uniform-noise uint8 images: a conv network's time does not depend on content."""
-    if count < 1:
-        raise SRDeployError(f"--count must be >= 1, got {count}")
-    if height < 1 or width < 1:
-        raise SRDeployError(f"synthetic size must be at least 1x1, got {height}x{width}")
-    rng = np.random.default_rng(seed)
-    digits = max(3, len(str(count - 1)))
-    return [
-        BenchImage(
-            name=f"synthetic_{i:0{digits}d}_{height}x{width}",
-            lr=rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8),
+#: The most --synthetic images one run takes: the mean is stable long before, and every image keeps its own
+#: timings in the report.
+MAX_SYNTHETIC_COUNT = 10_000
+
+
+class SyntheticImages(Sequence[BenchImage]):
+    """`count` reproducible uniform-noise uint8 images, each made when it is asked for: a conv network's time does
+    not depend on content, and 10,000 DIV2K-sized images made up front would take 5 GB."""
+
+    def __init__(self, height: int, width: int, count: int, *, seed: int) -> None:
+        if count < 1:
+            raise SRDeployError(f"--count must be >= 1, got {count}")
+        if count > MAX_SYNTHETIC_COUNT:
+            raise SRDeployError(f"--count {count}: at most {MAX_SYNTHETIC_COUNT} synthetic images per run")
+        if height < 1 or width < 1:
+            raise SRDeployError(f"synthetic size must be at least 1x1, got {height}x{width}")
+        self.height, self.width, self.n, self.seed = height, width, count, seed
+        self._digits = max(3, len(str(count - 1)))
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> BenchImage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BenchImage]: ...
+
+    def __getitem__(self, index: int | slice) -> BenchImage | list[BenchImage]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.n))]
+        i = index + self.n if index < 0 else index
+        if not 0 <= i < self.n:
+            raise IndexError(index)
+        # One generator per image, seeded by (seed, index): image i is the same whenever and however it is asked for.
+        rng = np.random.default_rng([self.seed, i])
+        return BenchImage(
+            name=f"synthetic_{i:0{self._digits}d}_{self.height}x{self.width}",
+            lr=rng.integers(0, 256, size=(self.height, self.width, 3), dtype=np.uint8),
         )
-        for i in range(count)
-    ]
+
+
+def synthetic_images(height: int, width: int, count: int, *, seed: int) -> list[BenchImage]:
+    """`SyntheticImages` made all at once, for callers that want a list (small counts)."""
+    return list(SyntheticImages(height, width, count, seed=seed))
 
 
 def modcrop(hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> np.ndarray:
@@ -307,6 +341,12 @@ class RowPlan:
     model: str = "deploy"
     #: Set when the row is known to be pointless before anything runs (kept so the table has fixed rows).
     skip_reason: str | None = None
+    #: Replay one CUDA graph per input shape (torch and tensorrt on CUDA; captured outside the timer).
+    cuda_graphs: bool = False
+    #: ``torch.compile`` mode for a torch row (compiled at first sight of each shape, outside the timer).
+    compile_mode: str | None = None
+    #: int8 rows: the Q/DQ graph (``srdeploy quantize``) the row runs.
+    int8_graph: str | None = None
 
 
 def best_torch_precision(device: str) -> str:
@@ -318,16 +358,80 @@ def best_torch_precision(device: str) -> str:
     return "bf16" if cpu_bf16_support() is None else "fp32"
 
 
-def plan_rows(backend: str, precision: str, *, best_precision: str) -> list[RowPlan]:
-    """The rows to measure: one for a named backend, the issue's comparison table for ``all``."""
+def option_suffix(cuda_graphs: bool, compile_mode: str | None) -> tuple[str, str]:
+    """(key suffix, title suffix) naming a row's CUDA-graph or compile option."""
+    if cuda_graphs:
+        return "-graphs", ", CUDA graphs"
+    if compile_mode is not None:
+        return "-compiled", f", torch.compile ({compile_mode})"
+    return "", ""
+
+
+def plan_rows(
+    backend: str,
+    precision: str,
+    *,
+    best_precision: str,
+    device: str = "cpu",
+    cuda_graphs: bool = False,
+    compile_mode: str | None = None,
+    int8_graph: str | None = None,
+) -> list[RowPlan]:
+    """The rows to measure: one for a named backend (with the --cuda-graphs / --compile options it was given), the
+    issue's comparison table for ``all``; on CUDA that table adds torch with CUDA graphs and compiled, in the best
+    precision (the options themselves are ignored by ``all``, like --precision). With an `int8_graph`, ``all`` adds
+    OpenVINO and ONNX Runtime int8 rows that run it."""
     if backend not in BACKEND_CHOICES:
         raise SRDeployError(f"--backend {backend!r}: expected one of {', '.join(BACKEND_CHOICES)}")
     if precision not in PRECISION_CHOICES:
         raise SRDeployError(f"--precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
-    if backend != "all":
-        return [
-            RowPlan(key=f"{backend}-{precision}", title=f"{backend} {precision}", kind=backend, precision=precision)
+    if backend != "all" and precision == "int8" and int8_graph is None:
+        raise SRDeployError("--precision int8 needs the quantized graph: --onnx model.int8.onnx (srdeploy quantize)")
+    if backend != "all" and precision != "int8" and int8_graph is not None:
+        raise SRDeployError(f"--onnx: the int8 graph is timed with --precision int8 or --backend all (got {precision})")
+    int8_rows = (
+        [
+            RowPlan("openvino-int8", "OpenVINO int8 (CPU, Q/DQ graph)", "openvino", "int8", int8_graph=int8_graph),
+            RowPlan(
+                "onnxruntime-int8",
+                "ONNX Runtime int8 numerics (CPU, Q/DQ graph in float kernels)",
+                "onnxruntime",
+                "int8",
+                int8_graph=int8_graph,
+            ),
         ]
+        if int8_graph is not None
+        else []
+    )
+    if backend != "all":
+        key, title = option_suffix(cuda_graphs, compile_mode)
+        return [
+            RowPlan(
+                key=f"{backend}-{precision}{key}",
+                title=f"{backend} {precision}{title}",
+                kind=backend,
+                precision=precision,
+                cuda_graphs=cuda_graphs,
+                compile_mode=compile_mode,
+                int8_graph=int8_graph,
+            )
+        ]
+    cuda_rows = [
+        RowPlan(
+            f"torch-best-{best_precision}-graphs",
+            f"torch {best_precision}, CUDA graphs (captured per input shape outside the timer)",
+            "torch",
+            best_precision,
+            cuda_graphs=True,
+        ),
+        RowPlan(
+            f"torch-best-{best_precision}-compiled",
+            f"torch.compile {best_precision} (compiled per input shape outside the timer)",
+            "torch",
+            best_precision,
+            compile_mode="default",
+        ),
+    ]
     return [
         RowPlan(
             "torch-clb-fp32",
@@ -344,10 +448,12 @@ def plan_rows(backend: str, precision: str, *, best_precision: str) -> list[RowP
             best_precision,
             skip_reason=None if best_precision != "fp32" else "no precision faster than fp32 for torch on this device",
         ),
+        *(cuda_rows if device.startswith("cuda") else []),
         RowPlan("onnxruntime-fp32", "ONNX Runtime fp32", "onnxruntime", "fp32"),
         RowPlan("onnxruntime-fp16", "ONNX Runtime fp16", "onnxruntime", "fp16"),
         RowPlan("openvino-fp32", "OpenVINO fp32 (CPU)", "openvino", "fp32"),
         RowPlan("openvino-bf16", "OpenVINO bf16 (CPU)", "openvino", "bf16"),
+        *int8_rows,
         RowPlan("tensorrt-fp32", "TensorRT fp32", "tensorrt", "fp32"),
         RowPlan("tensorrt-fp16", "TensorRT fp16", "tensorrt", "fp16"),
     ]
@@ -358,7 +464,8 @@ def plan_rows(backend: str, precision: str, *, best_precision: str) -> list[RowP
 
 @dataclass
 class ImageResult:
-    """Every measurement of one image: the cold pass, each warm pass, and the PSNR of the cold-pass output."""
+    """Every measurement of one image: the cold pass, each warm pass, and the PSNRs (RGB, Y) of the cold-pass
+    output."""
 
     name: str
     lr_hw: tuple[int, int]
@@ -368,6 +475,7 @@ class ImageResult:
     warm_forward_ms: list[float] = field(default_factory=list)
     warm_end_to_end_ms: list[float] = field(default_factory=list)
     psnr_y: float | None = None
+    psnr_rgb: float | None = None
 
     @property
     def output_pixels(self) -> int:
@@ -383,6 +491,7 @@ class ImageResult:
             "warm_forward_ms": list(self.warm_forward_ms),
             "warm_end_to_end_ms": list(self.warm_end_to_end_ms),
             "psnr_y": _finite_or_none(self.psnr_y),
+            "psnr_rgb": _finite_or_none(self.psnr_rgb),
         }
 
 
@@ -422,6 +531,7 @@ class RowResult:
     throughput_mpix_s: float | None = None
     end_to_end_throughput_mpix_s: float | None = None
     psnr_y_mean: float | None = None
+    psnr_rgb_mean: float | None = None
     speedup: float | None = None
     verdict: Verdict | None = None
 
@@ -447,6 +557,7 @@ class RowResult:
             "throughput_mpix_s": _finite_or_none(self.throughput_mpix_s),
             "end_to_end_throughput_mpix_s": _finite_or_none(self.end_to_end_throughput_mpix_s),
             "psnr_y_mean": _finite_or_none(self.psnr_y_mean),
+            "psnr_rgb_mean": _finite_or_none(self.psnr_rgb_mean),
             "speedup_vs_challenge_way": self.speedup,
             "verdict": self.verdict.to_dict() if self.verdict else None,
         }
@@ -467,14 +578,23 @@ def read_hr(image: BenchImage) -> np.ndarray:
     return read_image(image.hr_path).rgb
 
 
-def psnr_of_output(output: np.ndarray, hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> float:
-    """PSNR (Y, border 4) of a backend's NCHW float output against the HR, as reference_psnr.json measures it."""
+def psnrs_of_output(output: np.ndarray, hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> tuple[float, float]:
+    """(RGB, Y) PSNR, border 4, of a backend's NCHW float output against the HR, as reference_psnr.json measures
+    them; RGB is the challenge's metric."""
     from sr_deploy.imaging.io import from_model_output, to_uint8
     from sr_deploy.imaging.metrics import psnr
 
     sr = from_model_output(output, 8)  # clamp to [0, 1], x255, round: the challenge's quantisation
     ref = to_uint8(modcrop(hr, lr_hw, scale))
-    return psnr(sr, ref, crop_border=PSNR_CROP_BORDER, y_channel=True)
+    return (
+        psnr(sr, ref, crop_border=PSNR_CROP_BORDER, y_channel=False),
+        psnr(sr, ref, crop_border=PSNR_CROP_BORDER, y_channel=True),
+    )
+
+
+def psnr_of_output(output: np.ndarray, hr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> float:
+    """The Y-PSNR alone (see psnrs_of_output)."""
+    return psnrs_of_output(output, hr, lr_hw, scale)[1]
 
 
 def _timing_settings(backend: Backend) -> dict[str, Any]:
@@ -508,7 +628,7 @@ def measure_backend(
     """Time one prepared backend the challenge's way, then warm, and score its own outputs.
 
     Pass 1 (cold): each image once, in order, with no warm-up: the challenge mean and the cold first image.
-    The PSNR is taken from these very outputs. Then `warmup` untimed calls cycling over the images, then
+    The PSNRs (RGB and Y) are taken from these very outputs. Then `warmup` untimed calls cycling over the images, then
     `repeat` timed passes over the whole set for the warm statistics.
     """
     from sr_deploy.imaging.io import to_tensor_layout
@@ -529,9 +649,9 @@ def measure_backend(
         x = to_tensor_layout(img.lr)  # to float NCHW: preparation, not timed
         t = backend.run_timed(x)
         out_hw = (int(t.output.shape[-2]), int(t.output.shape[-1]))
-        score = None
+        rgb = y = None
         if hr_loader is not None and img.hr_path is not None:
-            score = psnr_of_output(t.output, hr_loader(img), (img.height, img.width), scale)
+            rgb, y = psnrs_of_output(t.output, hr_loader(img), (img.height, img.width), scale)
         results.append(
             ImageResult(
                 name=img.name,
@@ -539,7 +659,8 @@ def measure_backend(
                 sr_hw=out_hw,
                 cold_forward_ms=float(t.forward_ms),
                 cold_end_to_end_ms=float(t.end_to_end_ms),
-                psnr_y=score,
+                psnr_y=y,
+                psnr_rgb=rgb,
             )
         )
         tick("cold")
@@ -565,6 +686,7 @@ def summarize_row(
     warm_e2e = [t for r in results for t in r.warm_end_to_end_ms]
     pixels = [r.output_pixels for r in results for _ in r.warm_forward_ms]
     scores = [r.psnr_y for r in results if r.psnr_y is not None]
+    scores_rgb = [r.psnr_rgb for r in results if r.psnr_rgb is not None]
     return RowResult(
         plan=plan,
         status="ok",
@@ -577,6 +699,7 @@ def summarize_row(
         throughput_mpix_s=throughput_mpix_s(pixels, warm_fw),
         end_to_end_throughput_mpix_s=throughput_mpix_s(pixels, warm_e2e),
         psnr_y_mean=math.fsum(scores) / len(scores) if len(scores) == len(results) else None,
+        psnr_rgb_mean=math.fsum(scores_rgb) / len(scores_rgb) if len(scores_rgb) == len(results) else None,
     )
 
 
@@ -833,13 +956,26 @@ class BenchSettings:
     repeat: int = 3
     seed: int = 0
 
+    cuda_graphs: bool = False
+    compile_mode: str | None = None
+    #: --onnx: the int8 Q/DQ graph for --precision int8 (and the int8 rows of --backend all).
+    int8_onnx: str | None = None
+
     def validate(self) -> None:
+        """The checks that need nothing but the flags (see check_device_options for those that need the device)."""
+        from sr_deploy.runtime.factory import check_kind_options
+        from sr_deploy.runtime.torch_backend import TorchOptions, check_torch_options
+
         if self.repeat < 1:
             raise SRDeployError(f"--repeat must be >= 1 (timed passes over the set), got {self.repeat}")
         if self.warmup < 0:
             raise SRDeployError(f"--warmup must be >= 0, got {self.warmup}")
         check_budget(self.budget_ms)
-        plan_rows(self.backend, self.precision, best_precision="fp32")
+        plan_rows(self.backend, self.precision, best_precision="fp32", int8_graph=self.int8_onnx)
+        # Names and combinations of the options; "cuda" here so that only the device check refuses CUDA graphs.
+        check_torch_options(TorchOptions(cuda_graphs=self.cuda_graphs, compile_mode=self.compile_mode), "cuda")
+        if self.backend != "all":
+            check_kind_options(self.backend, cuda_graphs=self.cuda_graphs, compile_mode=self.compile_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -850,6 +986,9 @@ class BenchSettings:
             "warmup": self.warmup,
             "repeat": self.repeat,
             "seed": self.seed,
+            "cuda_graphs": self.cuda_graphs,
+            "compile": self.compile_mode,
+            "int8_onnx": self.int8_onnx,
         }
 
 
@@ -867,7 +1006,35 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _factory_maker(plan: RowPlan, model: SRNet, device: str, weights_sha256: str) -> Backend:
+def gpu_visible() -> bool:
+    """A CUDA GPU that torch can use, or at least an NVIDIA driver (TensorRT and ONNX Runtime do not need torch's)."""
+    import torch
+
+    from sr_deploy.runtime.ort_backend import gpu_present
+
+    return bool(torch.cuda.is_available()) or gpu_present()
+
+
+def check_device_options(settings: BenchSettings, device: str, *, gpu: bool | None = None) -> None:
+    """The checks that need the resolved `device`: --device cuda without a GPU, CUDA graphs on the CPU. One line
+    each, naming the flag; `gpu` says whether a GPU is visible (default: ask the machine)."""
+    from sr_deploy.runtime.torch_backend import TorchOptions, check_torch_options
+
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise SRDeployError(f"--device {settings.device!r}: expected auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not (gpu_visible() if gpu is None else gpu):
+        raise MissingDependencyError(
+            f"--device {settings.device}: no CUDA GPU is visible on this machine (no NVIDIA driver, and torch "
+            "sees none); run on a GPU machine or use --device cpu"
+        )
+    check_torch_options(TorchOptions(cuda_graphs=settings.cuda_graphs, compile_mode=settings.compile_mode), kind)
+
+
+def _factory_maker(
+    plan: RowPlan, model: SRNet, device: str, weights_sha256: str, *, references: Sequence[Any] | None = None
+) -> Backend:
+    """`references`: the bf16 gate's images (--reference-dir); None lets the factory find its default."""
     from sr_deploy.runtime.factory import graph_cache, make_backend
 
     # Seeded random weights have no hash: their graph is made in a temporary folder, never cached.
@@ -878,6 +1045,10 @@ def _factory_maker(plan: RowPlan, model: SRNet, device: str, weights_sha256: str
         device=device,
         weights_sha256=weights_sha256,
         work_dir=graph_cache() if weights_sha256 else None,
+        cuda_graphs=plan.cuda_graphs,
+        compile_mode=plan.compile_mode,
+        references=references,
+        int8_graph=Path(plan.int8_graph) if plan.int8_graph is not None else None,
     )
     return backend
 
@@ -908,19 +1079,37 @@ def run_bench(
     hr_loader: HRLoader | None = read_hr,
     progress: ProgressHook | None = None,
     environment: dict[str, Any] | None = None,
+    references: Sequence[Any] | None = None,
 ) -> BenchReport:
     """Measure every planned row on the same images in one process and assemble the report.
 
     A single named backend that cannot run here is an error (one line, what is missing). With ``all``, a row
     that cannot run is kept in the table as skipped, with the reason, so the table always has the same rows.
+    `references` (--reference-dir): the images of the bf16 accuracy gate, for the default factory.
     """
     settings.validate()
+    device = resolve_device(settings.device)
+    check_device_options(settings, device)
     # Taken before measuring, so the load average shows what else was running, not this benchmark itself.
     env = environment if environment is not None else collect_environment()
-    device = resolve_device(settings.device)
-    plans = plan_rows(settings.backend, settings.precision, best_precision=best_torch_precision(device))
+    plans = plan_rows(
+        settings.backend,
+        settings.precision,
+        best_precision=best_torch_precision(device),
+        device=device,
+        cuda_graphs=settings.cuda_graphs,
+        compile_mode=settings.compile_mode,
+        int8_graph=settings.int8_onnx,
+    )
     single = settings.backend != "all"
     # Looked up at call time (not as default arguments) so the factory is imported only when a run needs it.
+    if make is None and references is not None:
+        refs = references
+
+        def make_with_references(row: RowPlan, net: SRNet, dev: str, sha: str) -> Backend:
+            return _factory_maker(row, net, dev, sha, references=refs)
+
+        make = make_with_references
     make = make or _factory_maker
     avail = check_backend_available(settings.backend, availability)
     want_psnr = hr_loader is not None and not models.random_weights and any(i.hr_path for i in images)
@@ -1021,7 +1210,10 @@ def _notes(
     if models.random_weights:
         notes.append(random_weights_note(models.arch, models.weights_source))
     elif any(i.hr_path for i in images) and want_psnr:
-        notes.append(f"PSNR: Y channel, {PSNR_CROP_BORDER}-pixel border, uint8, from each backend's own output.")
+        notes.append(
+            f"PSNR: RGB (the challenge's metric: NTIRE 2022 ESR test_demo.py ranks by it) and Y (BT.601, as most SR "
+            f"papers tabulate), {PSNR_CROP_BORDER}-pixel border, uint8, from each backend's own output."
+        )
     if inputs.get("kind") == "synthetic":
         notes.append(
             "Synthetic inputs (seeded uniform noise): a convolutional network's time does not depend on content."
@@ -1100,7 +1292,7 @@ def render_markdown(report: BenchReport, *, title: str = "srdeploy bench") -> st
         "MP/s",
         "speed-up",
         "verdict",
-    ] + (["PSNR Y (dB)"] if show_psnr else [])
+    ] + (["PSNR RGB (dB, challenge)", "PSNR Y (dB)"] if show_psnr else [])
     # The speed-up is over the challenge's way (torch eager fp32), which only `--backend all` measures.
     keep = [h != "speed-up" or any(r.speedup is not None for r in report.rows) for h in head]
     head = [h for h, k in zip(head, keep, strict=True) if k]
@@ -1121,7 +1313,7 @@ def render_markdown(report: BenchReport, *, title: str = "srdeploy bench") -> st
                 _fmt(r.throughput_mpix_s, ".2f"),
                 _fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else ""),
                 f"{r.verdict.status} ({r.verdict.ratio:.2f}x)" if r.verdict else "–",
-            ] + ([_fmt(r.psnr_y_mean, ".4f")] if show_psnr else [])
+            ] + ([_fmt(r.psnr_rgb_mean, ".4f"), _fmt(r.psnr_y_mean, ".4f")] if show_psnr else [])
             cells = [c for c, k in zip(cells, keep, strict=True) if k]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
@@ -1133,8 +1325,8 @@ def render_markdown(report: BenchReport, *, title: str = "srdeploy bench") -> st
             f"std {_ms(hr.warm.std_ms)} ms over {hr.warm.count} runs. {describe_timing(hr.timing)}",
             "",
             "| image | LR | cold forward (ms) | warm median (ms) | end-to-end cold (ms) |"
-            + (" PSNR Y (dB) |" if show_psnr else ""),
-            "|---|---|---|---|---|" + ("---|" if show_psnr else ""),
+            + (" PSNR RGB (dB, challenge) | PSNR Y (dB) |" if show_psnr else ""),
+            "|---|---|---|---|---|" + ("---|---|" if show_psnr else ""),
         ]
         for im in hr.images:
             med = float(np.median(im.warm_forward_ms)) if im.warm_forward_ms else None
@@ -1142,7 +1334,7 @@ def render_markdown(report: BenchReport, *, title: str = "srdeploy bench") -> st
                 f"| {im.name} | {im.lr_hw[0]}x{im.lr_hw[1]} | {_ms(im.cold_forward_ms)} | {_ms(med)} | "
                 f"{_ms(im.cold_end_to_end_ms)} |"
             )
-            lines.append(row + (f" {_fmt(im.psnr_y, '.4f')} |" if show_psnr else ""))
+            lines.append(row + (f" {_fmt(im.psnr_rgb, '.4f')} | {_fmt(im.psnr_y, '.4f')} |" if show_psnr else ""))
         lines.append("")
     for n in report.notes:
         lines.append(f"- {n}")
@@ -1159,7 +1351,7 @@ def require_matplotlib() -> None:
             importlib.import_module(module)
     except ImportError:
         raise MissingDependencyError(
-            "--plot needs matplotlib, which is not installed: pip install 'srdeploy[plot]'"
+            "--plot needs matplotlib (a dependency of srdeploy), which is missing here: pip install matplotlib"
         ) from None
 
 
@@ -1169,7 +1361,7 @@ def write_plot(report: BenchReport, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sr_deploy.fileio import atomic_path
+    from sr_deploy.fileio import atomic_path, plot_format
 
     ran = [r for r in report.rows if r.ok and r.challenge is not None and r.warm is not None]
     budget = float(report.settings.get("budget_ms", DEFAULT_BUDGET_MS))
@@ -1183,16 +1375,29 @@ def write_plot(report: BenchReport, path: Path) -> Path:
     ax.bar(xs - 0.2, cold, width=0.4, label="challenge mean (cold pass)", color="#4472c4")
     ax.bar(xs + 0.2, warm, width=0.4, label="warm median", color="#a5a5a5")
     ax.axhline(budget, color="#c00000", linestyle="--", label=f"budget {budget:g} ms")
-    ax.set_xticks(xs, [r.plan.key for r in ran], rotation=20, ha="right")
+    # The PSNRs go under each row's name: a second axis in dB would suggest a trade-off the bars do not show.
+    labels = [
+        r.plan.key
+        + (
+            f"\nRGB {r.psnr_rgb_mean:.4f} / Y {r.psnr_y_mean:.4f} dB"
+            if r.psnr_rgb_mean is not None and r.psnr_y_mean is not None
+            else ""
+        )
+        for r in ran
+    ]
+    ax.set_xticks(xs, labels, rotation=20, ha="right")
     ax.set_ylabel("forward time per image (ms)")
+    if any(r.psnr_rgb_mean is not None for r in ran):
+        ax.set_xlabel("PSNR: RGB is the challenge's metric (NTIRE 2022 ESR ranks by it), Y beside it", fontsize=8)
     if ran and max(cold + warm) > 20 * budget:
         ax.set_yscale("log")  # keep the budget line visible next to CPU times tens of times larger
     device = str(report.settings.get("resolved_device", ""))
     ax.set_title(
-        f"{report.model.get('arch')} x{report.model.get('scale')} on {device}: {report.inputs.get('description', '')}",
+        # Two lines: a folder path in the description would otherwise run off the figure.
+        f"{report.model.get('arch')} x{report.model.get('scale')} on {device}\n{report.inputs.get('description', '')}",
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    with atomic_path(path, "plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    with atomic_path(path, "--plot") as tmp:
+        fig.savefig(tmp, format=plot_format(path, "--plot"), dpi=120)
     return path

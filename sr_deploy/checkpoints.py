@@ -6,6 +6,7 @@ rebuilt) and provenance: where the weights came from, the sha256 of that source,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -18,15 +19,15 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from sr_deploy import __version__
 from sr_deploy.archs.base import SRNet, check_state_dict
 from sr_deploy.archs.registry import arch_of, build_model, load_state_dict, published_weights, spec_from_json
 from sr_deploy.archs.spec import ArchSpec, PublishedWeights
 from sr_deploy.errors import SRDeployError
-from sr_deploy.fileio import atomic_path, sha256_file
-from sr_deploy.fusion import collapse_verified
+from sr_deploy.fileio import atomic_path, read_error, refuse_overwriting_inputs, sha256_file, write_error
+from sr_deploy.fusion import collapse_verified, prove_collapse
 
 FORMAT_TAG = "srdeploy"
 
@@ -82,14 +83,19 @@ def resolve_named(name: str, cache: str | Path | None = None, *, download: bool 
     if not path.is_file():
         if not download:
             raise SRDeployError(f"{name}: {path} is not cached")
-        folder.mkdir(parents=True, exist_ok=True)
         try:
-            with urllib.request.urlopen(entry.url, timeout=30) as resp, atomic_path(path, "cache file") as tmp:
-                tmp.write_bytes(resp.read())
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(e, folder, f"{name}: the weights cache") from None
+        try:
+            with urllib.request.urlopen(entry.url, timeout=30) as resp:
+                data = resp.read()
         except (urllib.error.URLError, TimeoutError, OSError) as e:
             raise SRDeployError(
                 f"{name}: cannot download {entry.url} ({e}); put the file there by hand as {path}"
             ) from None
+        with atomic_path(path, "cache file") as tmp:  # a full disk or read-only cache is its own one-line error
+            tmp.write_bytes(data)
     digest = sha256_file(path)
     if digest != entry.sha256:
         raise SRDeployError(f"{name}: {path} has sha256 {digest}, expected {entry.sha256}; delete it and retry")
@@ -140,9 +146,21 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _load_pth(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise read_error(e, path) from None
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SRDeployError(f"{path}: not a PyTorch weights file that loads with weights_only=True ({first})") from None
+
+
+def weights_path(source: str | Path, cache: str | Path | None = None) -> Path | None:
+    """The file `source` reads (a named checkpoint's place in the cache, downloaded or not), for the checks that
+    keep a command from writing over its own input; None for an unknown name (loading reports it)."""
+    text = str(source)
+    if text.startswith("ntire:"):
+        entry = named_weights().get(text)
+        return cache_dir(cache) / entry.filename if entry is not None else None
+    return Path(text)
 
 
 def load_weights(source: str | Path, *, cache: str | Path | None = None) -> LoadedWeights:
@@ -156,12 +174,17 @@ def load_weights(source: str | Path, *, cache: str | Path | None = None) -> Load
             raise SRDeployError(f"{path}: no such file")
         if path.is_dir():
             raise SRDeployError(f"{path}: is a folder, expected a weights file (.safetensors or .pth)")
+        if not path.is_file():  # /dev/zero would be hashed forever, a FIFO would wait for a writer
+            raise SRDeployError(f"{path}: not a regular file, expected a weights file (.safetensors or .pth)")
     kind = _looks_like(path)
     if kind:
         raise SRDeployError(f"{path}: is {kind}, expected weights (.safetensors or .pth)")
     digest = sha256_file(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise read_error(e, path) from None
     # safetensors: 8-byte little-endian header length, then a JSON header.
     is_safetensors = path.suffix.lower() == ".safetensors" or head[8:9] == b"{"
     meta: dict[str, str] = {}
@@ -225,9 +248,24 @@ def save_weights(
     }
     meta.update(extra or {})
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    data = canonical_safetensors(save(tensors, metadata=meta))
     with atomic_path(path, "weights") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        tmp.write_bytes(data)
     return Path(path)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its JSON header's keys sorted: the same weights and metadata give the same
+    bytes. safetensors keeps the metadata in a Rust HashMap, whose order changes from one process to the next.
+
+    The header is ``u64 little-endian length + JSON``, padded with spaces to a multiple of 8 so the tensor data
+    stays aligned; tensor offsets count from the end of the header, so rewriting it moves nothing else.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def ntire_state_dict(model: SRNet) -> dict[str, torch.Tensor]:
@@ -242,8 +280,12 @@ def ntire_state_dict(model: SRNet) -> dict[str, torch.Tensor]:
 def save_ntire(model: SRNet, path: str | Path) -> Path:
     """Write a .pth that loads strict=True into the challenge's IMDN class."""
     sd = ntire_state_dict(model)
+    # Into memory first: torch.save names the zip's top folder after the file, and the temporary file's name is
+    # random, so saving to it directly would give different bytes for the same weights on every run.
+    buffer = io.BytesIO()
+    torch.save(sd, buffer)
     with atomic_path(path, "weights") as tmp:
-        torch.save(sd, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
 
 
@@ -264,6 +306,10 @@ class FuseReport:
     params_in: int
     params_out: int
     equivalence: dict[str, Any]
+    #: Empty when something was folded; otherwise why the weights were written as they are.
+    note: str = ""
+    #: What became what (``CollapseReport.to_dict()``): each merge, its kernel, params and border error.
+    collapse: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -276,6 +322,8 @@ class FuseReport:
             "params_in": self.params_in,
             "params_out": self.params_out,
             "equivalence": dict(self.equivalence),
+            "note": self.note,
+            "collapse": dict(self.collapse),
         }
 
 
@@ -295,17 +343,25 @@ def fuse_checkpoint(
     output_format: str | None = None,
     report_path: str | Path | None = None,
     seed: int = 0,
+    accept_border_error: bool = False,
 ) -> FuseReport:
-    """Collapse a training-time checkpoint, prove it equal, and only then write it (atomically)."""
-    from sr_deploy.fileio import check_output_path, write_text_atomic
+    """Collapse a training-time checkpoint, prove it equal, and only then write it (atomically).
+
+    A fold that is not exact at the image border is refused unless `accept_border_error`; then the proof holds
+    beyond the network's receptive radius and the report carries the border error.
+    """
+    from sr_deploy.fileio import check_output_path, dumps_json, write_text_atomic
 
     fmt = output_format_for(output, output_format)
     check_output_path(output, "-o")
     if report_path is not None:
         check_output_path(report_path, "--report")
+    # `fuse X -o X` would replace the training-time weights by their collapse: the CLB form is gone for good.
+    refuse_overwriting_inputs([("-o", output), ("--report", report_path)], [("the checkpoint", weights_path(source))])
     weights = load_weights(source)
     train_model = weights.build()
-    deploy, proof = collapse_verified(train_model, seed=seed)
+    proven = prove_collapse(train_model, seed=seed, accept_border_error=accept_border_error)
+    deploy, proof = proven.model, proven.equivalence
     assert isinstance(deploy, SRNet)
     if fmt == "ntire":
         save_ntire(deploy, output)
@@ -327,7 +383,11 @@ def fuse_checkpoint(
         params_in=sum(p.numel() for p in train_model.parameters()),
         params_out=sum(p.numel() for p in deploy.parameters()),
         equivalence=proof.to_dict(),
+        note=""
+        if train_model.spec.training_form
+        else f"nothing to fold: {train_model.spec.name} is already in deploy form; weights written unchanged",
+        collapse=proven.collapse.to_dict(),
     )
     if report_path is not None:
-        write_text_atomic(report_path, json.dumps(report.to_dict(), indent=2) + "\n", "--report")
+        write_text_atomic(report_path, dumps_json(report.to_dict()), "--report")
     return report

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 
 from sr_deploy.errors import SRDeployError
+from sr_deploy.fileio import db_or_null
 from sr_deploy.imaging.io import from_model_output, list_images, make_lr, read_image, to_tensor_layout, to_uint8
 from sr_deploy.imaging.metrics import psnr, ssim
 from sr_deploy.imaging.pairing import pair_images
 from sr_deploy.imaging.resize import modcrop
+from sr_deploy.shapes import check_min_size
 
 RunFn = Callable[[np.ndarray], np.ndarray]
 
@@ -38,8 +40,9 @@ class ImageScore:
         return {
             "name": self.name,
             "lr_hw": list(self.lr_hw),
-            "psnr_rgb": self.psnr_rgb,
-            "psnr_y": self.psnr_y,
+            # An image identical to its HR has an infinite PSNR, which JSON cannot hold: null with the reason.
+            **db_or_null("psnr_rgb", self.psnr_rgb, infinite="identical to the HR image"),
+            **db_or_null("psnr_y", self.psnr_y, infinite="identical to the HR image"),
             "ssim_y": self.ssim_y,
         }
 
@@ -60,6 +63,15 @@ class EvalReport:
         values = [getattr(s, metric) for s in self.images]
         return float(np.mean(values)) if values else math.nan
 
+    def _means(self) -> dict[str, Any]:
+        if not self.images:  # every image failed: no mean (NaN is not JSON)
+            return {"psnr_rgb": None, "psnr_y": None, "ssim_y": None, "note": "no image was scored"}
+        out: dict[str, Any] = {}
+        for m in ("psnr_rgb", "psnr_y"):
+            out.update(db_or_null(m, self.mean(m), infinite="every image identical to its HR"))
+        out["ssim_y"] = self.mean("ssim_y")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "weights": self.weights,
@@ -69,7 +81,7 @@ class EvalReport:
             "scale": self.scale,
             "crop_border": self.crop_border,
             "lr_source": self.lr_source,
-            "mean": {m: self.mean(m) for m in ("psnr_rgb", "psnr_y", "ssim_y")},
+            "mean": self._means(),
             "images": [s.to_dict() for s in self.images],
             "failures": dict(self.failures),
         }
@@ -120,11 +132,14 @@ def evaluate(
     report: EvalReport,
     *,
     on_image: Callable[[str], None] | None = None,
+    min_size: int = 1,
 ) -> EvalReport:
-    """Score every pair into `report`; an image that fails is recorded by name and the rest go on."""
+    """Score every pair into `report`; an image that fails (one below the architecture's smallest input `min_size`
+    included) is recorded by name and the rest go on."""
     for pair in pairs:
         try:
             lr, hr = load_pair(pair, report.scale)
+            check_min_size(lr.shape[0], lr.shape[1], min_size, f"{pair.lr or pair.hr} (LR)", report.arch)
             report.images.append(score_image(pair.name, run, lr, hr, report.crop_border))
         except SRDeployError as e:
             report.failures[pair.name] = str(e)

@@ -23,3 +23,10 @@ def parse_dims(text: str, flag: str, count: int) -> tuple[int, ...]:
 def parse_hw(text: str, flag: str) -> tuple[int, int]:
     h, w = parse_dims(text, flag, 2)
     return h, w
+
+
+def check_min_size(height: int, width: int, least: int, what: str, arch: str) -> None:
+    """Refuse an input smaller than the architecture's smallest (a strided conv and a pool need room): torch would
+    fail inside the network with "Output size is too small"."""
+    if min(height, width) < least:
+        raise SRDeployError(f"{what}: {height}x{width} is smaller than the {least}x{least} LR pixels {arch} needs")

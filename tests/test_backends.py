@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -232,8 +233,14 @@ def test_make_backend_reuses_the_onnx_in_work_dir(small: IMDN, work_dir: Path) -
     factory.make_backend("onnxruntime", small, device="cpu", weights_sha256=SHA, work_dir=work_dir)
     assert path.stat().st_mtime_ns == stamp
     assert sorted(work_dir.glob("*.onnx")) == [path]
-    # Other weights get their own graph, never the cached one.
+    # The cache is keyed by the tensors, not by the claimed hash: other weights get their own graph, never the
+    # cached one, and the same tensors under another label reuse it.
     factory.make_backend("onnxruntime", small, device="cpu", weights_sha256="ef" * 32, work_dir=work_dir)
+    assert sorted(work_dir.glob("*.onnx")) == [path]
+    other = copy.deepcopy(small)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    factory.make_backend("onnxruntime", other, device="cpu", weights_sha256="ef" * 32, work_dir=work_dir)
     assert len(list(work_dir.glob("*.onnx"))) == 2
 
 

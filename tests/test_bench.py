@@ -346,10 +346,32 @@ def test_psnr_comes_from_the_backends_output() -> None:
     expected = psnr(sr, hr[:48, :40], crop_border=4, y_channel=True)
     assert row.images[0].psnr_y == pytest.approx(expected, abs=1e-9)
     assert row.psnr_y_mean == pytest.approx(expected, abs=1e-9)
+    # RGB beside Y: the challenge's own metric.
+    expected_rgb = psnr(sr, hr[:48, :40], crop_border=4, y_channel=False)
+    assert row.images[0].psnr_rgb == pytest.approx(expected_rgb, abs=1e-9) and expected_rgb != expected
+    assert row.psnr_rgb_mean == pytest.approx(expected_rgb, abs=1e-9)
 
 
 def _inputs(n: int) -> dict[str, Any]:
     return {"kind": "synthetic", "count": n, "description": f"{n} test images", "synthetic_hw": [4, 6]}
+
+
+def test_reference_images_reach_the_default_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--reference-dir's images go to the backend factory (the bf16 gate's inputs); without them it finds its own."""
+    seen: list[Any] = []
+
+    def make(plan: B.RowPlan, model: IMDN, device: str, sha: str, *, references: Any = None) -> Backend:
+        seen.append(references)
+        return ScriptedBackend([1.0])
+
+    monkeypatch.setattr(B, "_factory_maker", make)
+    refs = [object()]
+    for given in (refs, None):
+        B.run_bench(
+            B.synthetic_images(4, 6, 1, seed=0), _models(), B.BenchSettings(backend="torch", warmup=0, repeat=1),
+            inputs=_inputs(1), availability=lambda: {"torch": None}, environment=ENV, references=given,
+        )  # fmt: skip
+    assert seen == [refs, None]
 
 
 def test_run_bench_all_rows_skips_and_failures(tmp_path: Path) -> None:
@@ -478,6 +500,8 @@ def test_markdown_has_psnr_and_per_image_rows() -> None:
     md = B.render_markdown(report)
     assert "PSNR Y (dB)" in md and "| im0.png | 10x12 |" in md and "| im1.png | 10x12 |" in md
     assert report.rows[0].psnr_y_mean is not None and f"{report.rows[0].psnr_y_mean:.4f}" in md
+    assert "PSNR RGB (dB, challenge)" in md and "test_demo.py ranks by it" in md
+    assert report.rows[0].psnr_rgb_mean is not None and f"{report.rows[0].psnr_rgb_mean:.4f}" in md
     _validate(report)
 
 
@@ -546,5 +570,6 @@ def test_reference_psnr_on_set5_with_team26(shared: Path, team26_pth: Path, tmp_
     assert [im.name for im in row.images] == ["butterfly.png", "woman.png"]
     for im in row.images:
         assert im.psnr_y == pytest.approx(ref["per_image"][im.name]["psnr_y"], abs=0.01)
+        assert im.psnr_rgb == pytest.approx(ref["per_image"][im.name]["psnr_rgb"], abs=0.01)
     d = _validate(report)
     assert d["model"]["weights_sha256"] == loaded.sha256

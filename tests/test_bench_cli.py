@@ -6,7 +6,6 @@ known in advance; no test asserts a real time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from strict_json import load_strict
 
 import sr_deploy.bench as B
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
@@ -95,7 +95,7 @@ def test_synthetic_writes_report_markdown_plot(
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "PASS" in stdout and "GPU budget" in stdout  # the fake runs on "cpu": the honest note is there
-    d = json.loads(out.read_text())
+    d = load_strict(out)
     jsonschema.validate(d, B.report_schema())
     assert d["inputs"]["kind"] == "synthetic" and d["inputs"]["synthetic_hw"] == [8, 12]
     assert [len(i["warm_forward_ms"]) for i in d["rows"][0]["images"]] == [2, 2, 2]
@@ -118,7 +118,7 @@ def test_backend_all_table(fake_factory: dict[str, Any], capsys: pytest.CaptureF
     rc = main(["bench", "--synthetic", "4x4", "--count", "2", "--repeat", "1", "--backend", "all",
                "--report", str(out)])  # fmt: skip
     assert rc == 0
-    d = json.loads(out.read_text())
+    d = load_strict(out)
     jsonschema.validate(d, B.report_schema())
     rows = {r["key"]: r for r in d["rows"]}
     assert rows["tensorrt-fp32"]["status"] == "skipped" and "pip install tensorrt" in rows["tensorrt-fp32"]["reason"]
@@ -136,10 +136,12 @@ def test_hr_pairs_and_psnr_with_weights(fake_factory: dict[str, Any], lr_hr: tup
     rc = main(["bench", "--input", str(lr), "--hr", str(hr), "--weights", str(weights), "--repeat", "1",
                "--report", str(out), "-q"])  # fmt: skip
     assert rc == 0
-    d = json.loads(out.read_text())
+    d = load_strict(out)
     jsonschema.validate(d, B.report_schema())
     assert [i["name"] for i in d["rows"][0]["images"]] == ["0801x4.png", "0802x4.png"]
     assert all(isinstance(i["psnr_y"], float) for i in d["rows"][0]["images"])
+    assert all(isinstance(i["psnr_rgb"], float) and i["psnr_rgb"] != i["psnr_y"] for i in d["rows"][0]["images"])
+    assert isinstance(d["rows"][0]["psnr_rgb_mean"], float)
     assert len(d["model"]["weights_sha256"]) == 64 and d["model"]["random_weights"] is False
 
 
@@ -149,9 +151,38 @@ def test_hr_without_weights_does_not_show_psnr(
     lr, hr = lr_hr
     out = tmp_path / "r.json"
     assert main(["bench", "--input", str(lr), "--hr", str(hr), "--repeat", "1", "--report", str(out)]) == 0
-    d = json.loads(out.read_text())
-    assert all(i["psnr_y"] is None for i in d["rows"][0]["images"])
-    assert "meaningless" in capsys.readouterr().err
+    d = load_strict(out)
+    assert all(i["psnr_y"] is None and i["psnr_rgb"] is None for i in d["rows"][0]["images"])
+    err = capsys.readouterr().err
+    assert "meaningless" in err
+    # stderr is not a terminal here (no progress bar can draw): one line per finished row instead.
+    assert "bench: auto-fp32 measured (" in err
+
+
+def test_team26_on_set5_shows_rgb_and_y(
+    shared: Path, team26_pth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The challenge's metric (RGB) beside Y, as ../shared/data/reference_psnr.json has them."""
+    ref = load_strict(shared / "data" / "reference_psnr.json")["results"]["Set5/team26_imdn_nb7.pth"]["mean"]
+    assert (ref["psnr_rgb"], ref["psnr_y"]) == (30.3025, 32.1949)
+    data = shared / "data" / "Set5"
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--weights", str(team26_pth), "--input", str(data / "LR_bicubic_x4"), "--hr", str(data / "HR"),
+               "--backend", "torch", "--warmup", "0", "--repeat", "1", "--report", str(out)])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "PSNR RGB dB" in printed and "(challenge)" in printed and "30.3025" in printed and "32.1949" in printed
+    row = load_strict(out)["rows"][0]
+    assert round(row["psnr_rgb_mean"], 4) == 30.3025 and round(row["psnr_y_mean"], 4) == 32.1949
+
+
+def test_reference_dir_that_points_nowhere(
+    fake_factory: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = tmp_path / "no-such-set"
+    assert main(["bench", "--synthetic", "4x4", "--count", "1", "--reference-dir", str(nowhere)]) == 2
+    _one_line_error(capsys, f"--reference-dir {nowhere}: no such folder")
+    assert fake_factory["made"] == []
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -251,3 +282,21 @@ def test_count_without_synthetic(
 ) -> None:
     assert main(["bench", "--input", str(lr_hr[0]), "--count", "3"]) == 2
     _one_line_error(capsys, "--count")
+
+
+def test_plot_needs_nothing_beyond_the_main_install() -> None:
+    """`bench --plot` after the README's `pip install -e .`: matplotlib is a core dependency, not an extra."""
+    import re
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 only
+        import tomli as tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"matplotlib\b", d) for d in deps), deps
+    readme = (repo / "README.md").read_text()
+    main_job = next(line for line in readme.splitlines() if "pip install" in line and "srdeploy bench" in line)
+    assert "pip install -e . " in main_job  # the main job installs the core dependencies, matplotlib among them

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from strict_json import load_strict, loads_strict
 
 from sr_deploy.archs.imdn import IMDNSpec
 from sr_deploy.archs.registry import build_model
@@ -25,7 +25,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 def test_info_json_for_the_paper_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--arch", "imdn-b7-clb", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = loads_strict(capsys.readouterr().out)
     assert report["forms"]["collapsed"]["params"] == 790_496
     assert report["forms"]["training"]["params"] > report["forms"]["collapsed"]["params"]
     assert report["forms"]["collapsed"]["convs"] == 38
@@ -34,7 +34,7 @@ def test_info_json_for_the_paper_model(capsys: pytest.CaptureFixture[str]) -> No
 def test_info_reads_weights_and_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = save_weights(build_model(TINY, seed=0), tmp_path / "w.safetensors")
     assert main(["info", "--weights", str(path), "--size", "32x16", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = loads_strict(capsys.readouterr().out)
     assert report["forms"]["collapsed"]["input_hw"] == [32, 16]
     assert report["weights"]["format"] == "srdeploy"
 
@@ -62,7 +62,7 @@ def test_fuse_end_to_end_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "max abs error, float64" in printed
     assert load_weights(out).format == "ntire" and not load_weights(out).spec.clb
-    assert json.loads((tmp_path / "r.json").read_text())["equivalence"]["passed"] is True
+    assert load_strict(tmp_path / "r.json")["equivalence"]["passed"] is True
 
     missing_dir = tmp_path / "nope" / "x.safetensors"
     assert "folder" in _one_line_error(capsys, ["fuse", str(src), "-o", str(missing_dir)])
@@ -71,6 +71,14 @@ def test_fuse_end_to_end_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_fuse_accepts_a_plain_checkpoint_as_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = save_ntire(build_model(TINY, seed=2), tmp_path / "plain.pth")
-    assert main(["fuse", str(src), "-o", str(tmp_path / "o.safetensors")]) == 0
+    report = tmp_path / "r.json"
+    assert main(["fuse", str(src), "-o", str(tmp_path / "o.safetensors"), "--report", str(report)]) == 0
     a, b = load_weights(src).state_dict, load_weights(tmp_path / "o.safetensors").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # Nothing folded: identical outputs, an infinite PSNR. The report says so in JSON that JSON.parse reads.
+    assert "Infinity" not in report.read_text()
+    eq = load_strict(report)["equivalence"]
+    assert eq["psnr_f32_db"] is None and eq["psnr_f32_note"] == "identical outputs"
+    printed = capsys.readouterr().out
+    assert "inf (identical outputs)" in printed
+    assert printed.rstrip().splitlines()[-1].startswith("wrote ")

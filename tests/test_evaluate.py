@@ -1,17 +1,19 @@
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from strict_json import loads_strict
 
 from sr_deploy.archs.imdn import IMDNSpec
 from sr_deploy.archs.registry import build_model
 from sr_deploy.errors import SRDeployError
-from sr_deploy.evaluate import EvalReport, evaluate, load_pair, pair_eval_images
+from sr_deploy.evaluate import EvalReport, ImageScore, evaluate, load_pair, pair_eval_images
+from sr_deploy.fileio import dumps_json
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -69,8 +71,22 @@ def test_evaluate_scores_and_keeps_going_past_a_corrupt_image(tmp_path: Path) ->
     evaluate(_torch_run(model), pair_eval_images(hr, None), report)
     assert [s.name for s in report.images] == ["img0.png", "img1.png"]
     assert list(report.failures) == ["broken.png"] and "broken.png" in report.failures["broken.png"]
-    d = json.loads(json.dumps(report.to_dict()))
+    d = loads_strict(dumps_json(report.to_dict()))
     assert d["mean"]["psnr_y"] == pytest.approx(np.mean([s.psnr_y for s in report.images]))
+
+
+def test_report_is_strict_json_for_identical_images_and_for_no_image() -> None:
+    """An infinite PSNR (an image equal to its HR) and no mean at all (every image failed) are not JSON numbers:
+    null with the reason."""
+    report = EvalReport("w", "", "tiny", "torch", 4, 4, "folder")
+    report.failures["a.png"] = "unreadable"
+    assert loads_strict(dumps_json(report.to_dict()))["mean"] == {
+        "psnr_rgb": None, "psnr_y": None, "ssim_y": None, "note": "no image was scored",
+    }  # fmt: skip
+    report.images.append(ImageScore("b.png", (4, 4), math.inf, math.inf, 1.0))
+    d = loads_strict(dumps_json(report.to_dict()))
+    assert d["images"][0]["psnr_rgb"] is None and d["images"][0]["psnr_rgb_note"] == "identical to the HR image"
+    assert d["mean"]["psnr_y"] is None and d["mean"]["psnr_y_note"] == "every image identical to its HR"
 
 
 def _set_means(shared: Path, weights: str, dataset: str, with_lr: bool) -> dict[str, float]:
@@ -97,7 +113,7 @@ def _set_means(shared: Path, weights: str, dataset: str, with_lr: bool) -> dict[
     ],
 )
 def test_eval_means_match_the_reference(shared: Path, weights: str, dataset: str, with_lr: bool) -> None:
-    ref = json.loads((shared / "data/reference_psnr.json").read_text())["results"][f"{dataset}/{weights}"]["mean"]
+    ref = loads_strict((shared / "data/reference_psnr.json").read_text())["results"][f"{dataset}/{weights}"]["mean"]
     got = _set_means(shared, weights, dataset, with_lr=with_lr)
     for metric in ("psnr_rgb", "psnr_y"):
         assert abs(got[metric] - ref[metric]) <= (0.005 if with_lr else 0.02)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from strict_json import load_strict
 
 from sr_deploy.archs.imdn import IMDNSpec
 from sr_deploy.archs.registry import build_model
@@ -43,7 +43,7 @@ def test_eval_writes_json_with_per_image_scores(
     hr = _images(tmp_path / "hr", 2, 24, 20)
     out = tmp_path / "r.json"
     assert main(["eval", "--weights", str(weights), "--hr-dir", str(hr), "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = load_strict(out)
     assert [i["name"] for i in report["images"]] == ["im0.png", "im1.png"]
     assert report["lr_source"] == "bicubic" and report["scale"] == 2
     assert "mean" in capsys.readouterr().out

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from strict_json import loads_strict
 
 from sr_deploy.archs.imdn import IMDNSpec
 from sr_deploy.archs.registry import build_model
@@ -43,9 +46,46 @@ def test_export_writes_a_verified_graph(weights: Path, tmp_path: Path, capsys: p
     printed = capsys.readouterr().out
     assert code == 0
     assert "PSNR" in printed and "pass" in printed
+    assert "[dB]" in printed  # the unit survives rich (it reads "[dB]" as markup unless told not to)
+    assert "(worse: torch half)" in printed or "(worse: ONNX Runtime)" in printed  # which runtime gave the gate value
+    assert "must be yes: pass" in printed and ">= 1" not in printed  # a yes/no check reads yes/no
+    # No reference images here (see no_shared): the output says the verification ran on random inputs.
+    assert "real reference images not found" in printed and "random" in printed
+    assert printed.rstrip().splitlines()[-1].startswith(f"wrote {out}")  # after the checks that decided it
     meta = read_onnx_metadata(out)
     assert meta.precision == "fp16" and meta.weights_sha256 == sha256_file(weights)
     assert meta.props["keep_last_conv_fp32"] == "true"
+
+
+def _fake_set(folder: Path, scale: int = 4) -> Path:
+    """A test set laid out like Set5: LR_bicubic_x{scale}/ and HR/ with two small random images."""
+    rng = np.random.default_rng(0)
+    (folder / f"LR_bicubic_x{scale}").mkdir(parents=True)
+    (folder / "HR").mkdir()
+    for name in ("a.png", "b.png"):
+        assert cv2.imwrite(str(folder / f"LR_bicubic_x{scale}" / name), rng.integers(0, 256, (9, 7, 3), np.uint8))
+        assert cv2.imwrite(str(folder / "HR" / name), rng.integers(0, 256, (9 * scale, 7 * scale, 3), np.uint8))
+    return folder
+
+
+def test_reference_dir_and_strict_json(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    refs = _fake_set(tmp_path / "myset")
+    out = tmp_path / "m.onnx"
+    assert main(["export-onnx", "--weights", str(weights), "-o", str(out), "--reference-dir", str(refs), "--json"]) == 0
+    report = loads_strict(capsys.readouterr().out)
+    assert report["reference_images"] == {"folder": str(refs), "origin": "--reference-dir"}
+    v = report["verification"]
+    assert v["real_images"] is True and v["inputs"] == "myset (2 images)" and v["passed"] is True
+    finite = next(g for g in v["gates"] if g["rule"] == "is")
+    assert finite["value"] is True and finite["threshold"] is True
+
+
+def test_reference_dir_that_points_nowhere(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.onnx"
+    nowhere = tmp_path / "no-such-set"
+    err = run_error(["export-onnx", "--weights", str(weights), "-o", str(out), "--reference-dir", str(nowhere)], capsys)
+    assert f"--reference-dir {nowhere}: no such folder" in err
+    assert not out.exists()
 
 
 def test_unknown_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

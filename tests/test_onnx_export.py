@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
+from strict_json import loads_strict
 
 from sr_deploy import __version__
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
@@ -255,6 +258,26 @@ def test_failed_gates_leave_no_file_and_keep_an_existing_one(small: IMDN, tmp_pa
         export_onnx(small, old, precision="fp16", gates=ExportGates(fp16_min_psnr_db=1e9))
     assert old.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"]  # no temp files either
+
+
+def test_fp16_gates_name_the_worse_runtime_and_report_strict_json() -> None:
+    """The fp16 gates take the worse of ONNX Runtime and torch half: the report says which one it was; the
+    finite check is yes/no; an identical output's infinite PSNR is null with the reason."""
+    from sr_deploy.export.onnx import HALF_LABEL, ORT_LABEL, VerificationReport, _gates
+
+    r = VerificationReport(
+        "x", True, 1e-3, 1e-4, math.inf, True,
+        y_psnr_torch_fp32=32.0, y_psnr_onnx=31.99, psnr_db_torch_half=70.0, y_psnr_torch_half=31.995,
+    )  # fmt: skip
+    r.gates.extend(_gates(r, "fp16", ExportGates()))
+    finite, psnr, drop = r.gates
+    assert (psnr.value, psnr.source) == (70.0, HALF_LABEL) and psnr.passed
+    assert drop.source == ORT_LABEL and drop.value == pytest.approx(0.01)
+    assert finite.value_text() == "yes" and finite.describe() == "finite (no NaN/Inf) = yes (needs yes)"
+    assert drop.describe() == "mean Y-PSNR drop vs fp32 (dB) = 0.01 (ONNX Runtime) (needs <= 0.02)"
+    d = loads_strict(json.dumps(r.to_dict()))
+    assert d["psnr_db"] is None and d["psnr_db_note"] == "identical outputs"
+    assert d["gates"][0]["value"] is True and d["gates"][1]["source"] == HALF_LABEL
 
 
 def test_training_time_model_is_collapsed_and_verified_on_given_images(tmp_path: Path) -> None:

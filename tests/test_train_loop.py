@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from strict_json import load_strict, loads_strict
 
 from sr_deploy.archs.imdn import IMDNSpec
 from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import fuse_checkpoint, load_model, save_ntire
-from sr_deploy.errors import MissingDependencyError, SRDeployError
+from sr_deploy.errors import Interrupted, MissingDependencyError, SRDeployError
 from sr_deploy.fusion import collapse_verified
 from sr_deploy.imaging.io import write_image
 from sr_deploy.train.config import DataConfig, StageConfig, TrainConfig
@@ -100,10 +102,22 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def test_metrics_log_writes_a_diverged_loss_as_null_with_the_reason(tmp_path: Path) -> None:
+    from sr_deploy.train.loop import MetricsLog
+
+    log = MetricsLog(tmp_path / "m.jsonl", enabled=True)
+    log.write("epoch", step=3, loss=math.nan, psnr_rgb=math.inf, lr=1e-4)
+    record = loads_strict((tmp_path / "m.jsonl").read_text())
+    assert record["loss"] is None and record["loss_note"] == "not a number"
+    assert record["psnr_rgb"] is None and record["psnr_rgb_note"] == "inf" and record["lr"] == 1e-4
+
+
 def test_both_stages_run_and_fill_the_run_folder(full_run: Path) -> None:
     for name in ("config.toml", "run.json", "metrics.jsonl", "state.pt", "best.safetensors", "last.safetensors"):
         assert (full_run / name).is_file(), name
-    assert json.loads((full_run / "run.json").read_text())["arch"] == "imdn-b2-c16-d4-x4-clb"
+    assert load_strict(full_run / "run.json")["arch"] == "imdn-b2-c16-d4-x4-clb"
+    for line in (full_run / "metrics.jsonl").read_text().splitlines():
+        loads_strict(line)  # every line is JSON that JSON.parse reads: no NaN, no Infinity
     snapshots = sorted(p.name for p in (full_run / "checkpoints").iterdir())
     assert snapshots == ["s02-e00001.safetensors", "s02-e00002.safetensors"]  # keep_last = 2
     records = read_metrics(full_run / "metrics.jsonl")
@@ -285,10 +299,11 @@ def test_bf16_autocast_runs_on_cpu(images: Path, tmp_path: Path) -> None:
 def test_signals_request_a_stop_and_are_restored() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with handle_signals(StopRequest()) as stop:
-        # Before training steps begin there is nothing to save: the signal ends the process at once.
-        with pytest.raises(SystemExit) as e:
+        # Before training steps begin there is nothing to save: the signal stops the command at once, as an
+        # exception (so temporary files and the run lock are released), which `srdeploy` turns into exit 143 / 130.
+        with pytest.raises(Interrupted) as e:
             os.kill(os.getpid(), signal.SIGTERM)
-        assert e.value.code == 128 + signal.SIGTERM
+        assert e.value.signum == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
         stop.armed = True

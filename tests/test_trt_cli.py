@@ -79,7 +79,7 @@ def test_runtime_backend_without_tensorrt_is_missing_dependency(tmp_path: Path) 
         (["--min", "1x3x64x64", "--opt", "1x3x100x100", "--max", "1x3x90x90"], "--opt 1x3x100x100 exceeds --max"),
         (["--opt", "1x3x64"], "--opt '1x3x64': expected NxCxHxW"),
         (["--min", "1x3x64x64", "--max", "1x3x90x90"], "--opt is required"),
-        (["--precision", "int8"], "--precision 'int8'"),
+        (["--precision", "int4"], "--precision 'int4'"),  # int8 needs --onnx-int8: tests/test_trt_int8.py
         (["--opt-level", "9"], "--opt-level 9: expected 0..5"),
         (["--workspace-gb", "0"], "--workspace-gb 0"),
         (["--weights", "w.pth"], "give --onnx M.onnx or --weights W"),

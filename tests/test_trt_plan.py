@@ -185,8 +185,8 @@ def test_fp16_on_10_defaults_to_strongly_typed_and_offers_the_flag() -> None:
 
 
 def test_plan_rejects_unknown_precision_and_route() -> None:
-    with pytest.raises(SRDeployError, match="--precision 'int8'"):
-        tp.plan_precision("int8", V10)
+    with pytest.raises(SRDeployError, match="--precision 'int4'"):  # int8 is a plan of its own (test_trt_int8.py)
+        tp.plan_precision("int4", V10)
     with pytest.raises(SRDeployError, match="--route"):
         tp.plan_precision("fp16", V10, route="magic")
     with pytest.raises(SRDeployError, match="fp32 engines have one route"):
@@ -493,3 +493,12 @@ def test_audit_refuses_inspector_output_without_data_types() -> None:
             del t["Format/Datatype"]
     audit = tp.audit_precision(tp.parse_inspector_json(raw), "fp16")
     assert not audit.ok and "execution context" in audit.message
+
+
+def test_profiles_below_an_architectures_smallest_input_are_refused() -> None:
+    from sr_deploy.trt_plan import ProfilePlan, check_profiles_min_size, profile_from_flags
+
+    plan = ProfilePlan((profile_from_flags("1x3x8x8", "1x3x64x64", "1x3x128x128"),), "flags")
+    check_profiles_min_size(plan, 8, "imdn-b7")
+    with pytest.raises(SRDeployError, match=r"--min 1x3x8x8: rlfn needs inputs of at least 15x15"):
+        check_profiles_min_size(plan, 15, "rlfn")

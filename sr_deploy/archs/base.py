@@ -25,7 +25,7 @@ class SRNet(nn.Module):
     """A super-resolution network: NCHW RGB in [0, 1] in, ``spec.scale`` times larger out, [0, 1] scale, unclamped.
 
     Subclasses implement ``features`` (input in the weights' own value range, everything before the last conv)
-    and ``upsampler`` (the last conv and the pixel shuffle). The scaling to and from the weights' value range
+    and ``output_stage`` (the last conv and the pixel shuffle). The scaling to and from the weights' value range
     (``input_range``, 255 for weights trained on [0, 255]) lives here, so it is part of every exported graph.
     """
 
@@ -37,14 +37,14 @@ class SRNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def upsampler(self) -> nn.Module:
+    def output_stage(self) -> nn.Module:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.input_range
         if r != 1.0:
             x = x * r
-        out: torch.Tensor = self.upsampler()(self.features(x))
+        out: torch.Tensor = self.output_stage()(self.features(x))
         if r != 1.0:
             out = out / r
         return out
@@ -63,6 +63,8 @@ class Architecture(Generic[SpecT]):
     #: The pixel value range the published weights expect (1.0 or 255.0); the network scales internally.
     input_range: ClassVar[float] = 1.0
     tiling: ClassVar[TilingPolicy] = TilingPolicy(exact=True)
+    #: Why FP16 would be wrong for the published weights (activations beyond half range), or None when it is fine.
+    fp16_refusal: ClassVar[str | None] = None
     #: The smallest LR height and width the network accepts (a strided conv and a pool need room).
     min_input_size: ClassVar[int] = 1
     #: ONNX operators the deploy graph needs beyond the common set (Conv, Add, DepthToSpace, Cast).
@@ -83,6 +85,10 @@ class Architecture(Generic[SpecT]):
         spec = self.spec_type.from_dict(dict(d), source)
         spec.check(source)
         return spec
+
+    def smoke_spec(self) -> SpecT:
+        """The smallest spec with every layer kind of the published network: for smoke tests and quick tries."""
+        raise NotImplementedError
 
     def training_spec(self, spec: SpecT) -> SpecT | None:
         """The training form (with foldable branches) of a deploy spec, or None when there is none."""
@@ -132,6 +138,7 @@ class Architecture(Generic[SpecT]):
             "input_range": self.input_range,
             "tiling": self.tiling.to_dict(),
             "min_input_size": self.min_input_size,
+            "fp16": self.fp16_refusal or "supported",
             "onnx_ops": sorted(self.onnx_ops),
             "layouts": [layout.name for layout in self.layouts],
             "published": [w.name for w in self.published],

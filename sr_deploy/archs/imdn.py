@@ -1,7 +1,12 @@
-"""IMDN as the NTIRE 2022 ESR challenge simplified it, and the paper's collapsible-linear-block training form.
+"""IMDN as the NTIRE 2022 ESR challenge simplified it, and its training forms with collapsible blocks.
 
 Plain models have exactly the state-dict keys of the challenge's checkpoints (``model.0``,
 ``model.1.sub.{i}.conv1.0``, ..., ``model.2``), so published weights load ``strict=True``. Pixels in [0, 1].
+
+Training forms put a collapsible block in place of the 3x3 convs listed in ``clb_convs``; ``block_type`` says which:
+``clb`` (the paper: 3x3 with a parallel 1x1), ``rrrb`` (FMEN's 1x1 expand, 3x3, 1x1 squeeze, plus identity) or
+``ecb`` (ECBSR's 3x3, 1x1-3x3 and 1x1-Sobel/Laplacian branches, plus identity). Every one collapses to the same
+plain network, so block types can be compared at an identical deploy cost.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import torch
 from torch import nn
 
 from sr_deploy.archs.base import Architecture, SRNet, StateDict, highest_index
-from sr_deploy.archs.blocks import ParallelConv
+from sr_deploy.archs.blocks import ECB, RRRB, ParallelConv
 from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS, ArchSpec, KeyLayout, PublishedWeights, TilingPolicy
 from sr_deploy.errors import SRDeployError
 
-#: The 3x3 convs inside an IMDN block; any subset may carry a parallel 1x1 branch (a collapsible linear block).
+#: The 3x3 convs inside an IMDN block; any subset may be trained as a collapsible block.
 BLOCK_CONVS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4")
+
+#: What the convs in ``clb_convs`` are trained as. "plain" has none.
+BLOCK_TYPES: tuple[str, ...] = ("plain", "clb", "rrrb", "ecb")
 
 MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
@@ -37,11 +45,19 @@ class IMDNSpec(ArchSpec):
     slope: float = 0.05
     in_channels: int = 3
     out_channels: int = 3
-    #: block convs that are trained as 3x3 + parallel 1x1; empty means the plain (deploy) network.
+    #: block convs that are trained as a collapsible block; empty means the plain (deploy) network.
     clb_convs: tuple[str, ...] = field(default_factory=tuple)
+    #: which block: one of BLOCK_TYPES. Empty (a spec written before the field) means what it meant then:
+    #: "clb" when clb_convs is set, else "plain".
+    block_type: str = ""
+    #: rrrb / ecb: pad the expand 1x1's output with its bias (exact fold at the border, as FMEN and ECBSR do);
+    #: False zero-pads, and `srdeploy fuse` then refuses the border error unless --accept-border-error.
+    pad_bias: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clb_convs", tuple(self.clb_convs))
+        if not self.block_type:
+            object.__setattr__(self, "block_type", "clb" if self.clb_convs else "plain")
         self.check()
 
     def problems(self) -> list[str]:
@@ -60,10 +76,20 @@ class IMDNSpec(ArchSpec):
         unknown = [c for c in self.clb_convs if c not in BLOCK_CONVS]
         if unknown:
             out.append(f"unknown CLB conv(s) {unknown}; expected a subset of {list(BLOCK_CONVS)}")
+        if self.block_type not in BLOCK_TYPES:
+            out.append(f"block_type must be one of {list(BLOCK_TYPES)}, got {self.block_type!r}")
+        elif self.block_type == "plain" and self.clb_convs:
+            out.append(f"block_type 'plain' has no training blocks, but clb_convs is {list(self.clb_convs)}")
+        elif self.block_type != "plain" and not self.clb_convs:
+            out.append(
+                f"block_type {self.block_type!r} needs clb_convs (the block convs to train as {self.block_type}), "
+                f"e.g. {list(BLOCK_CONVS)}; use block_type 'plain' for the deploy network"
+            )
         return out
 
     @property
     def clb(self) -> bool:
+        """True when the network carries training blocks (of any type)."""
         return bool(self.clb_convs)
 
     @property
@@ -80,21 +106,33 @@ class IMDNSpec(ArchSpec):
         if (self.channels, self.distilled, self.scale, self.slope) != (64, 16, 4, 0.05):
             base += f"-c{self.channels}-d{self.distilled}-x{self.scale}"
         if self.clb_convs == BLOCK_CONVS:
-            base += "-clb"
+            base += f"-{self.block_type}"
         elif self.clb_convs:
-            base += "-clb[" + ",".join(self.clb_convs) + "]"
+            base += f"-{self.block_type}[" + ",".join(self.clb_convs) + "]"
+        if self.clb_convs and not self.pad_bias and self.block_type in ("rrrb", "ecb"):
+            base += "-zeropad"
         return base
 
     def collapsed(self) -> IMDNSpec:
-        return replace(self, clb_convs=())
+        return replace(self, clb_convs=(), block_type="plain", pad_bias=True)
 
     def with_clb(self, convs: tuple[str, ...] = BLOCK_CONVS) -> IMDNSpec:
-        return replace(self, clb_convs=tuple(convs))
+        """The paper's training form (3x3 + parallel 1x1) on `convs`; no convs gives the plain network."""
+        return self.with_blocks("clb" if convs else "plain", convs)
+
+    def with_blocks(self, block_type: str, convs: tuple[str, ...] = BLOCK_CONVS) -> IMDNSpec:
+        """`block_type` on `convs` (all four by default)."""
+        convs = () if block_type == "plain" else tuple(convs)
+        return replace(self, clb_convs=convs, block_type=block_type, pad_bias=True)
 
 
-def _conv(in_ch: int, out_ch: int, clb: bool) -> nn.Module:
-    if clb:
+def _conv(in_ch: int, out_ch: int, block_type: str, pad_bias: bool = True) -> nn.Module:
+    if block_type == "clb":
         return ParallelConv.clb(in_ch, out_ch, 3)
+    if block_type == "rrrb":
+        return RRRB(in_ch, out_ch, pad_bias=pad_bias)
+    if block_type == "ecb":
+        return ECB(in_ch, out_ch, pad_bias=pad_bias)
     return nn.Conv2d(in_ch, out_ch, 3, padding=1)
 
 
@@ -107,10 +145,14 @@ class IMDBlock(nn.Module):
         self.distilled = d
         self.remaining = r
         clb = set(spec.clb_convs)
-        self.conv1 = nn.Sequential(_conv(c, c, "conv1" in clb), nn.LeakyReLU(spec.slope))
-        self.conv2 = nn.Sequential(_conv(r, c, "conv2" in clb), nn.LeakyReLU(spec.slope))
-        self.conv3 = nn.Sequential(_conv(r, c, "conv3" in clb), nn.LeakyReLU(spec.slope))
-        self.conv4 = _conv(r, d, "conv4" in clb)
+
+        def conv(name: str, in_ch: int, out_ch: int) -> nn.Module:
+            return _conv(in_ch, out_ch, spec.block_type if name in clb else "plain", spec.pad_bias)
+
+        self.conv1 = nn.Sequential(conv("conv1", c, c), nn.LeakyReLU(spec.slope))
+        self.conv2 = nn.Sequential(conv("conv2", r, c), nn.LeakyReLU(spec.slope))
+        self.conv3 = nn.Sequential(conv("conv3", r, c), nn.LeakyReLU(spec.slope))
+        self.conv4 = conv("conv4", r, d)
         self.conv1x1 = nn.Conv2d(4 * d, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,11 +197,11 @@ class IMDN(SRNet):
         out: torch.Tensor = self.model[1](self.model[0](x))
         return out
 
-    def upsampler(self) -> nn.Module:
+    def output_stage(self) -> nn.Module:
         return nn.Sequential(self.model[2], self.model[3])
 
 
-_PRESET_RE = re.compile(r"^imdn-b(?P<blocks>[1-9]\d*)(?P<clb>-clb)?$")
+_PRESET_RE = re.compile(r"^imdn-b(?P<blocks>[1-9]\d*)(?:-(?P<block>clb|rrrb|ecb))?$")
 _BLOCK_RE = r"^model\.1\.sub\.(\d+)\.conv1\."
 
 
@@ -199,7 +241,9 @@ class IMDNArch(Architecture[IMDNSpec]):
             "imdn-b8": "the NTIRE 2022 ESR challenge baseline (8 blocks)",
             "imdn-b7": "the paper's deploy model (7 blocks, collapsed)",
             "imdn-b7-clb": "the paper's training-time model (7 blocks, every block 3x3 with a parallel 1x1)",
-            "imdn-b<N>[-clb]": "any number of blocks",
+            "imdn-b7-rrrb": "the paper's network trained with FMEN's RRRB (1x1 expand, 3x3, 1x1 squeeze) per block 3x3",
+            "imdn-b7-ecb": "the paper's network trained with ECBSR's ECB (3x3, 1x1-3x3, 1x1-Sobel/Laplacian) per 3x3",
+            "imdn-b<N>[-clb|-rrrb|-ecb]": "any number of blocks",
         }
 
     def parse_preset(self, name: str) -> IMDNSpec | None:
@@ -207,7 +251,10 @@ class IMDNArch(Architecture[IMDNSpec]):
         if not m:
             return None
         spec = IMDNSpec(blocks=min(int(m.group("blocks")), MAX_BLOCKS + 1))
-        return spec.with_clb() if m.group("clb") else spec
+        return spec.with_blocks(m.group("block")) if m.group("block") else spec
+
+    def smoke_spec(self) -> IMDNSpec:
+        return IMDNSpec(blocks=1, channels=16, distilled=4)
 
     def training_spec(self, spec: IMDNSpec) -> IMDNSpec:
         return spec if spec.clb else spec.with_clb()
@@ -244,17 +291,26 @@ class IMDNArch(Architecture[IMDNSpec]):
             raise SRDeployError(f"{source}: no IMDN blocks found (no model.1.sub.<i>.conv1 keys)")
         head = sd["model.0.weight"]
         channels, in_channels = int(head.shape[0]), int(head.shape[1])
-        conv4 = next((v for k, v in sd.items() if k.startswith("model.1.sub.0.conv4.") and k.endswith("weight")), None)
-        if conv4 is None:
-            raise SRDeployError(f"{source}: missing model.1.sub.0.conv4 weights")
-        distilled = int(conv4.shape[0])
+        fusion = sd.get("model.1.sub.0.conv1x1.weight")
+        if fusion is None or fusion.ndim != 4:
+            raise SRDeployError(f"{source}: missing model.1.sub.0.conv1x1.weight")
+        distilled = int(fusion.shape[1]) // 4  # the 1x1 fusion concatenates four distilled splits
         up = int(sd["model.2.weight"].shape[0])
         scale = round((up / max(in_channels, 1)) ** 0.5)
         if scale * scale * in_channels != up:
             raise SRDeployError(f"{source}: upsampler has {up} output channels, not {in_channels} x scale^2")
-        clb = tuple(
-            c for c in BLOCK_CONVS if any(k.startswith(f"model.1.sub.0.{c}") and ".branches.1." in k for k in sd)
-        )
+        # A training block leaves its own key names: the parallel 1x1 (clb), RRRB's expand conv, ECB's Sobel branch.
+        markers = {"clb": ".branches.1.", "rrrb": ".expand_conv.", "ecb": ".conv1x1_sbx."}
+        found = {
+            (c, t)
+            for c in BLOCK_CONVS
+            for t, mark in markers.items()
+            if any(k.startswith(f"model.1.sub.0.{c}.") and mark in k for k in sd)
+        }
+        types = sorted({t for _, t in found})
+        if len(types) > 1:
+            raise SRDeployError(f"{source}: blocks of several types ({', '.join(types)}); one block_type per network")
+        clb = tuple(c for c in BLOCK_CONVS if any(fc == c for fc, _ in found))
         try:
             return IMDNSpec(
                 blocks=blocks,
@@ -264,6 +320,7 @@ class IMDNArch(Architecture[IMDNSpec]):
                 in_channels=in_channels,
                 out_channels=in_channels,
                 clb_convs=clb,
+                block_type=types[0] if types else "plain",
             )
         except SRDeployError as e:
             raise SRDeployError(f"{source}: {e}") from None

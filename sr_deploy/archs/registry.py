@@ -21,6 +21,8 @@ from sr_deploy.errors import SRDeployError, name_list
 #: id -> module defining ``ARCH``. Adding an architecture is its module, one line here and its test file.
 ARCH_MODULES: dict[str, str] = {
     "imdn": "sr_deploy.archs.imdn",
+    "rfdn": "sr_deploy.archs.rfdn",
+    "fmen": "sr_deploy.archs.fmen",
 }
 
 #: Specs written before the registry existed carry no "arch" field; they were all IMDN.
@@ -72,7 +74,10 @@ def preset(name: str, flag: str = "--arch") -> ArchSpec:
     """The spec for a preset name of any architecture; an unknown name lists the close ones."""
     key = name.strip().lower()
     for arch in all_archs():
-        spec: ArchSpec | None = arch.parse_preset(key)
+        try:
+            spec: ArchSpec | None = arch.parse_preset(key)
+        except SRDeployError as e:  # a preset pattern with out-of-range numbers: name the flag and what was typed
+            raise SRDeployError(f"{flag} {name!r}: {e}") from None
         if spec is not None:
             return spec
     names = list(preset_names())
@@ -145,3 +150,10 @@ def receptive_radius(spec: ArchSpec) -> int:
 def uncollapse(model: SRNet) -> SRNet:
     """Deploy weights as the training form with zero extra branches: the same function, ready to fine-tune."""
     return arch_of(model.spec).uncollapse(model)
+
+
+def check_precision_supported(spec: ArchSpec, precision: str, flag: str = "--precision") -> None:
+    """Refuse a precision the architecture declares unsafe, before anything is built."""
+    reason = arch_of(spec).fp16_refusal
+    if precision == "fp16" and reason:
+        raise SRDeployError(f"{flag} fp16: refused for {spec.name}: {reason}; use fp32 or bf16")

@@ -125,9 +125,11 @@ class TilingPolicy:
 
     exact: bool
     reason: str = ""
+    #: For an inexact policy: how far tiles were measured to move the published weights' output, in words.
+    measured: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"exact": self.exact, "reason": self.reason}
+        return {"exact": self.exact, "reason": self.reason, "measured": self.measured}
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,10 @@ class KeyLayout:
         return all(k in keys for k in self.required) and not any(k in keys for k in self.forbidden)
 
     def overlap(self, keys: set[str]) -> float:
-        return sum(k in keys for k in self.required) / max(len(self.required), 1)
+        """Share of the signature present, less the share of the forbidden keys present: ranks 'closest'."""
+        have = sum(k in keys for k in self.required) / max(len(self.required), 1)
+        clash = sum(k in keys for k in self.forbidden) / max(len(self.forbidden), 1)
+        return have - clash
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,20 @@ def _size(n: int) -> str:
 def results_table(results: list[BuildResult]) -> Table:
     """One row per engine: what it really is (audited), how big, how long it took, how close to ONNX Runtime."""
     table = Table(title="TensorRT engines")
-    for col in ("precision", "FP16 tensors", "size", "build", "max abs", "PSNR vs FP32", "NaN/Inf", "engine"):
+    # int8 engines: how many convolutions really compute on int8 data (the audit's figure); shown only when built.
+    int8 = any(r.sidecar.audit.requested == "int8" for r in results)
+    cols = ["precision", "FP16 tensors", *(["INT8 convs"] if int8 else []), "size", "build", "max abs"]
+    for col in (*cols, "PSNR vs FP32", "NaN/Inf", "engine"):
         table.add_column(col, justify="left" if col in ("precision", "engine") else "right")
     for r in results:
         s = r.sidecar
         gate = s.gate
         psnr = "-" if gate is None else ("identical" if gate.psnr_db == float("inf") else f"{gate.psnr_db:.2f} dB")
+        convs = f"{s.audit.int8_conv_layers}/{s.audit.conv_layers}" if s.audit.requested == "int8" else "-"
         table.add_row(
             f"{r.precision} ({s.key.route})",
             _fraction(s.audit.fp16_tensor_fraction),
+            *([convs] if int8 else []),
             _size(s.engine_bytes),
             f"cached ({s.build_seconds:.1f} s)" if r.reused else f"{s.build_seconds:.1f} s",
             "-" if gate is None else f"{gate.max_abs:.2e}",
@@ -57,7 +62,13 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[
             str | None, typer.Option("--weights", help="Weights to export the ONNX graphs from first.")
         ] = None,
-        precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or both.")] = "both",
+        precision: Annotated[
+            str, typer.Option("--precision", help="fp32, fp16, both, or int8 (with --onnx-int8).")
+        ] = "both",
+        onnx_int8: Annotated[
+            Path | None,
+            typer.Option("--onnx-int8", help="int8 Q/DQ graph (srdeploy quantize) for --precision int8."),
+        ] = None,
         route: Annotated[
             str | None,
             typer.Option("--route", help="fp16 route: strongly-typed (default) or builder-flag (TensorRT 10 only)."),
@@ -89,7 +100,7 @@ def register(app: typer.Typer) -> None:
         ] = 45.0,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No build progress bar.")] = False,
     ) -> None:
-        """Build TensorRT engines (FP32/FP16), audit their real precision, gate them against ONNX Runtime.
+        """Build TensorRT engines (FP32/FP16/INT8), audit their real precision, gate them against ONNX Runtime.
 
         Engines are cached as ENGINES_DIR/<model>-<precision>-<gpu>-trt<version>.engine with a JSON sidecar;
         a matching engine is reused, a stale one rebuilt with the reason printed.
@@ -118,6 +129,7 @@ def register(app: typer.Typer) -> None:
             profile_from=profile_from,
             split_orientation=split_orientation,
             options=options,
+            onnx_int8=onnx_int8,
         )
         results = export_trt(request, console)
         for r in results:

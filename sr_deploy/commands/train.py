@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,21 @@ STOP_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 def _default_run_dir(arch: str) -> Path:
     return Path("runs") / f"{arch}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _check_flags(*, seed: int | None, lr: float | None, **counts: int | None) -> None:
+    """Numeric flags checked by name before anything runs (the config check says `seed`, the user typed --seed)."""
+    from sr_deploy.errors import SRDeployError
+    from sr_deploy.train.config import MAX_COUNT, MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise SRDeployError(f"--seed {seed}: expected 0..{MAX_SEED}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise SRDeployError(f"--lr {lr}: expected a finite number > 0")
+    for name, value in counts.items():
+        least = 0 if name == "num_workers" else 1
+        if value is not None and not least <= value <= MAX_COUNT:
+            raise SRDeployError(f"--{name.replace('_', '-')} {value}: expected {least}..{MAX_COUNT}")
 
 
 def register(app: typer.Typer) -> None:
@@ -83,6 +99,16 @@ def register(app: typer.Typer) -> None:
         from sr_deploy.train.config import TrainConfig, load_config
         from sr_deploy.train.loop import StopRequest, handle_signals, resume_config, train
 
+        _check_flags(
+            seed=seed,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_every=val_every,
+            checkpoint_every=checkpoint_every,
+            keep_last=keep_last,
+        )
         console = Console(stderr=True)
         data_overrides: dict[str, Any] = {
             "hr_dirs": [str(p) for p in hr_dir] if hr_dir else None,
@@ -126,7 +152,8 @@ def register(app: typer.Typer) -> None:
     def train_plot_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A run folder made by srdeploy train.")],
         output: Annotated[
-            Path | None, typer.Option("-o", "--output", help="PNG to write (default RUN_DIR/curves.png).")
+            Path | None,
+            typer.Option("-o", "--output", help="Plot to write: .png, .svg or .pdf (default RUN_DIR/curves.png)."),
         ] = None,
     ) -> None:
         """Draw the loss and validation PSNR curves of a run to a PNG (needs matplotlib)."""

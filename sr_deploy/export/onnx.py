@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,10 @@ from torch import nn
 
 from sr_deploy import __version__
 from sr_deploy.archs.base import SRNet
-from sr_deploy.archs.registry import arch_of, spec_from_json
+from sr_deploy.archs.registry import arch_of, check_precision_supported, spec_from_json
 from sr_deploy.archs.spec import ArchSpec
 from sr_deploy.errors import GateFailedError, SRDeployError
-from sr_deploy.fileio import atomic_path, check_output_path, sha256_file
+from sr_deploy.fileio import atomic_path, check_output_path, db_or_null, read_error, sha256_file
 from sr_deploy.fusion import collapse_verified
 
 Precision = Literal["fp32", "fp16"]
@@ -61,9 +60,15 @@ MAX_OPSET = 25
 COMMON_OPS: frozenset[str] = frozenset({"Conv", "Add", "DepthToSpace", "Cast"})
 
 
-def allowed_ops(spec: ArchSpec) -> frozenset[str]:
-    """The operator set a deploy graph of `spec` is held to: the common set plus what its architecture needs."""
-    return COMMON_OPS | arch_of(spec).onnx_ops
+#: What an explicitly quantized (int8, `srdeploy quantize`) graph adds: TensorRT parses both into IQuantizeLayer /
+#: IDequantizeLayer (onnx-tensorrt docs/operators.md), ONNX Runtime and OpenVINO run them on the CPU.
+QDQ_OPS: frozenset[str] = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def allowed_ops(spec: ArchSpec, *, quantized: bool = False) -> frozenset[str]:
+    """The operator set a deploy graph of `spec` is held to: the common set plus what its architecture needs, plus
+    QuantizeLinear/DequantizeLinear for an int8 (`quantized`) graph."""
+    return COMMON_OPS | arch_of(spec).onnx_ops | (QDQ_OPS if quantized else frozenset())
 
 
 META_FORMAT = "srdeploy.format"
@@ -83,14 +88,45 @@ class GateResult:
     value: float
     threshold: float
     passed: bool
-    rule: str  # "<=" or ">="
+    rule: str  # "<=", ">=", or "is" for a yes/no check (value and threshold 1.0 = yes, 0.0 = no)
+    #: When `value` is the worse of several comparisons: the one that gave it (e.g. "torch half"), else "".
+    source: str = ""
+
+    @property
+    def yes_no(self) -> bool:
+        return self.rule == "is"
+
+    def value_text(self) -> str:
+        """The value as a reader wants it: yes/no for a yes/no check, else the number (inf when identical)."""
+        if self.yes_no:
+            return "yes" if self.value else "no"
+        return "inf" if math.isinf(self.value) else f"{self.value:.6g}"
+
+    def rule_text(self) -> str:
+        """What the value must be: "yes", or ">= 50"."""
+        return ("yes" if self.threshold else "no") if self.yes_no else f"{self.rule} {self.threshold:g}"
+
+    def describe(self) -> str:
+        """One line for an error message: name = value (which runtime) (needs rule)."""
+        src = f" ({self.source})" if self.source else ""
+        return f"{self.name} = {self.value_text()}{src} (needs {self.rule_text()})"
 
     def to_dict(self) -> dict[str, Any]:
+        if self.yes_no:
+            return {
+                "name": self.name,
+                "value": bool(self.value),
+                "threshold": bool(self.threshold),
+                "rule": self.rule,
+                "source": self.source or None,
+                "passed": self.passed,
+            }
         return {
             "name": self.name,
-            "value": self.value,
+            **db_or_null("value", self.value),
             "threshold": self.threshold,
             "rule": self.rule,
+            "source": self.source or None,
             "passed": self.passed,
         }
 
@@ -144,17 +180,18 @@ class VerificationReport:
         return all(g.passed for g in self.gates)
 
     def to_dict(self) -> dict[str, Any]:
+        # PSNRs of identical outputs are +inf, which JSON cannot hold: null, with the reason beside it.
         return {
             "inputs": self.inputs,
             "real_images": self.real_images,
             "max_abs": self.max_abs,
             "mean_abs": self.mean_abs,
-            "psnr_db": self.psnr_db,
+            **db_or_null("psnr_db", self.psnr_db),
             "finite": self.finite,
-            "y_psnr_torch_fp32": self.y_psnr_torch_fp32,
-            "y_psnr_onnx": self.y_psnr_onnx,
-            "psnr_db_torch_half": self.psnr_db_torch_half,
-            "y_psnr_torch_half": self.y_psnr_torch_half,
+            **db_or_null("y_psnr_torch_fp32", self.y_psnr_torch_fp32, infinite="identical to HR"),
+            **db_or_null("y_psnr_onnx", self.y_psnr_onnx, infinite="identical to HR"),
+            **db_or_null("psnr_db_torch_half", self.psnr_db_torch_half),
+            **db_or_null("y_psnr_torch_half", self.y_psnr_torch_half, infinite="identical to HR"),
             "gates": [g.to_dict() for g in self.gates],
             "passed": self.passed,
         }
@@ -234,8 +271,11 @@ def is_onnx_file(path: str | Path) -> bool:
         return True
     if not p.is_file():
         return False
-    with open(p, "rb") as f:
-        head = f.read(2)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False  # unreadable: whoever reads it next says why
     # A ModelProto starts with field 1 (ir_version, varint: tag 0x08) followed by a small version number;
     # torch zips start with "PK", pickles with 0x80, safetensors with an 8-byte little-endian length.
     if len(head) < 2 or head[0] != 0x08 or not 3 <= head[1] <= 20:
@@ -278,7 +318,12 @@ def require_onnx_path(path: str | Path, flag: str = "--onnx") -> Path:
 def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
     """The spec, precision and provenance srdeploy stored in an ONNX file."""
     p = require_onnx_path(path, "ONNX file")
-    model = onnx.load(str(p), load_external_data=False)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except OSError as e:
+        raise read_error(e, p) from None
+    except Exception as e:  # protobuf's DecodeError (a file cut short) has no common base worth naming
+        raise SRDeployError(f"{p}: not a readable ONNX file ({type(e).__name__}: {str(e)[:120]})") from None
     props = {m.key: m.value for m in model.metadata_props}
     missing = [k for k in META_KEYS if k not in props]
     if missing:
@@ -288,6 +333,8 @@ def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.shape.dim]
     static = (int(dims[2]), int(dims[3])) if len(dims) == 4 and dims[2] and dims[3] else None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not props["scale"].isdigit():
+        raise SRDeployError(f"{p}: damaged metadata (scale {props['scale']!r} is not a number)")
     return OnnxMetadata(
         path=str(p),
         spec=spec,
@@ -313,7 +360,7 @@ class _DeployGraph(nn.Module):
         # A copy: nn.Module.to() converts in place, and the caller's FP32 model is the verification reference.
         self.net = copy.deepcopy(model).to(compute)
         self.up_dtype = torch.float32 if last_fp32 else compute
-        self.up = self.net.upsampler().to(self.up_dtype)
+        self.up = self.net.output_stage().to(self.up_dtype)
         self.compute = compute
         self.io_dtype = io_dtype
         self.input_range = model.input_range
@@ -385,12 +432,19 @@ def build_onnx_model(
     compute = torch.float16 if precision == "fp16" else torch.float32
     io_dtype = torch.float16 if io == "fp16" else torch.float32
     graph = _DeployGraph(model, compute, io_dtype, keep_last_conv_fp32 and precision == "fp16").eval()
+    least = arch_of(model.spec).min_input_size
     if static_hw is not None:
+        if min(static_hw) < least:
+            raise SRDeployError(
+                f"--static {static_hw[0]}x{static_hw[1]}: {model.spec.name} needs at least {least}x{least}"
+            )
         example = torch.rand(1, model.spec.in_channels, *static_hw, dtype=io_dtype)
         dynamic: dict[str, Any] | None = None
     else:
         # Batch 2 and odd sizes: torch.export specialises dimensions whose example size is 0 or 1.
-        example = torch.rand(2, model.spec.in_channels, 13, 11, dtype=io_dtype)
+        # Also at least the architecture's smallest input (ESA's pool needs 15 pixels).
+        h, w = max(13, least + 2) | 1, max(11, least) | 1
+        example = torch.rand(2, model.spec.in_channels, h, w, dtype=io_dtype)
         dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
         dynamic = {"x": dims}
     with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
@@ -503,12 +557,19 @@ def _add_metadata(
 def random_references(
     spec: ArchSpec, *, seed: int = 0, shapes: Sequence[tuple[int, int]] = ((37, 29), (16, 48))
 ) -> list[ReferenceImage]:
-    """Seeded uniform [0, 1] inputs at odd, non-square sizes: the fallback when no real images are at hand."""
+    """Seeded image-like inputs in [0, 1] at odd, non-square sizes: the fallback when no real images are at hand.
+
+    Uniform noise at a quarter of the size, upsampled bilinearly: smooth regions and edges like an LR photo. White
+    noise is out of distribution: it drives FMEN's sigmoid gates to pre-activations of ~1e7, where float32 rounding
+    alone moves an output pixel by 1e-3 in any runtime, and would test the input, not the export.
+    """
     rng = np.random.default_rng(seed)
-    return [
-        ReferenceImage(f"random{i}", rng.random((1, spec.in_channels, h, w), dtype=np.float32))
-        for i, (h, w) in enumerate(shapes)
-    ]
+    refs = []
+    for i, (h, w) in enumerate(shapes):
+        coarse = torch.from_numpy(rng.random((1, spec.in_channels, h // 4 + 2, w // 4 + 2), dtype=np.float32))
+        lr = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        refs.append(ReferenceImage(f"random{i}", np.ascontiguousarray(lr.clamp(0, 1).numpy())))
+    return refs
 
 
 def load_reference_images(folder: str | Path, *, scale: int = 4) -> list[ReferenceImage]:
@@ -544,11 +605,11 @@ def load_reference_images(folder: str | Path, *, scale: int = 4) -> list[Referen
 
 
 def default_reference_folder() -> Path | None:
-    """Set5 from ../shared (or $SRDEPLOY_SHARED) when present: developer and CI machines only."""
-    env = os.environ.get("SRDEPLOY_SHARED")
-    root = Path(env) if env else Path.cwd().parent / "shared"
-    folder = root / "data" / "Set5"
-    return folder if (folder / "LR_bicubic_x4").is_dir() else None
+    """Set5 from $SRDEPLOY_SHARED, or from the shared/ beside a source checkout, when present (developer and CI
+    machines); never relative to the current directory. See sr_deploy.references."""
+    from sr_deploy.references import find_reference_folder
+
+    return find_reference_folder().folder
 
 
 def to_uint8_rgb(out: np.ndarray) -> np.ndarray:
@@ -658,19 +719,30 @@ def verify_onnx(
     return report
 
 
+#: Names of the two fp16 runtimes the gates compare, as the report and the table print them.
+ORT_LABEL = "ONNX Runtime"
+HALF_LABEL = "torch half"
+
+
 def _gates(r: VerificationReport, precision: Precision, g: ExportGates) -> list[GateResult]:
-    finite = GateResult("finite (no NaN/Inf)", 1.0 if r.finite else 0.0, 1.0, r.finite, ">=")
+    finite = GateResult("finite (no NaN/Inf)", 1.0 if r.finite else 0.0, 1.0, r.finite, "is")
     if precision == "fp32":
         return [
             finite,
             GateResult("max abs vs torch fp32", r.max_abs, g.fp32_max_abs, r.max_abs <= g.fp32_max_abs, "<="),
         ]
-    psnrs = [v for v in (r.psnr_db, r.psnr_db_torch_half) if v is not None]
-    worst = min(psnrs)
-    out = [finite, GateResult("PSNR vs torch fp32 (dB)", worst, g.fp16_min_psnr_db, worst >= g.fp16_min_psnr_db, ">=")]
-    ys = [v for v in (r.y_psnr_onnx, r.y_psnr_torch_half) if v is not None]
+    # The gates take the worse of ONNX Runtime and torch half (see VerificationReport) and say which it was.
+    psnrs = {k: v for k, v in ((ORT_LABEL, r.psnr_db), (HALF_LABEL, r.psnr_db_torch_half)) if v is not None}
+    worst_src = min(psnrs, key=lambda k: psnrs[k])
+    worst = psnrs[worst_src]
+    out = [
+        finite,
+        GateResult("PSNR vs torch fp32 (dB)", worst, g.fp16_min_psnr_db, worst >= g.fp16_min_psnr_db, ">=", worst_src),
+    ]
+    ys = {k: v for k, v in ((ORT_LABEL, r.y_psnr_onnx), (HALF_LABEL, r.y_psnr_torch_half)) if v is not None}
     if r.y_psnr_torch_fp32 is not None and ys:
-        drop = r.y_psnr_torch_fp32 - min(ys)
+        y_src = min(ys, key=lambda k: ys[k])
+        drop = r.y_psnr_torch_fp32 - ys[y_src]
         out.append(
             GateResult(
                 "mean Y-PSNR drop vs fp32 (dB)",
@@ -678,6 +750,7 @@ def _gates(r: VerificationReport, precision: Precision, g: ExportGates) -> list[
                 g.fp16_max_y_psnr_drop_db,
                 drop <= g.fp16_max_y_psnr_drop_db,
                 "<=",
+                y_src,
             )
         )
     return out
@@ -707,6 +780,7 @@ def export_onnx(
     """
     check_export_args(precision, io, opset, static_hw)
     check_output_path(path, "ONNX output")
+    check_precision_supported(model.spec, precision)
     deploy = _deploy_model(model)
     proto = build_onnx_model(
         deploy, precision=precision, io=io, opset=opset, static_hw=static_hw, keep_last_conv_fp32=keep_last_conv_fp32
@@ -749,7 +823,7 @@ def export_onnx(
             )
             failed = [g for g in verification.gates if not g.passed]
             if failed:
-                what = "; ".join(f"{g.name} = {g.value:.6g} (needs {g.rule} {g.threshold:g})" for g in failed)
+                what = "; ".join(g.describe() for g in failed)
                 raise GateFailedError(f"{path}: not written, verification failed on {label}: {what}")
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
@@ -781,4 +855,4 @@ def _fit(ref: ReferenceImage, hw: tuple[int, int]) -> ReferenceImage:
 
 
 def dumps_report(report: OnnxExportReport) -> str:
-    return json.dumps(report.to_dict(), indent=2, sort_keys=True)
+    return json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)

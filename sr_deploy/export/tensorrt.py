@@ -36,6 +36,7 @@ from sr_deploy.trt_plan import (
     PrecisionPlan,
     ProfilePlan,
     accuracy_gate,
+    audit_int8,
     audit_precision,
     cache_decision,
     check_profile_against_model,
@@ -100,10 +101,17 @@ class OnnxGraphs:
 
     fp32: Path | None = None
     fp16: Path | None = None
+    #: The int8 Q/DQ graph (`srdeploy quantize`); its gate's reference is still the FP32 graph.
+    int8: Path | None = None
 
     def for_plan(self, plan: PrecisionPlan) -> Path:
-        path = self.fp16 if plan.onnx_graph == "fp16" else self.fp32
+        path = {"fp16": self.fp16, "int8": self.int8}.get(plan.onnx_graph, self.fp32)
         if path is None:
+            if plan.onnx_graph == "int8":
+                raise SRDeployError(
+                    "--precision int8 needs the int8 Q/DQ graph: --onnx-int8 model.int8.onnx (srdeploy quantize); "
+                    "TensorRT 11 has no INT8 builder flag or calibrator"
+                )
             if plan.onnx_graph == "fp16":
                 raise SRDeployError(
                     f"--precision fp16 ({plan.route}) needs the FP16 ONNX graph: pass --onnx-fp16 "
@@ -118,6 +126,7 @@ class OnnxGraphs:
         return {
             "fp32": None if self.fp32 is None else str(self.fp32),
             "fp16": None if self.fp16 is None else str(self.fp16),
+            "int8": None if self.int8 is None else str(self.int8),
         }
 
 
@@ -205,6 +214,8 @@ def onnx_graph_precision(path: Path) -> Precision:
     model = onnx.load(str(path), load_external_data=False)
     # srdeploy's exports say so in their metadata; an FP16 export may keep its last conv in FP32.
     declared = {m.key: m.value for m in model.metadata_props}.get("precision")
+    if declared == "int8" or any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
     if declared in ("fp32", "fp16"):
         return "fp16" if declared == "fp16" else "fp32"
     # Any other graph: whichever type holds most weight elements.
@@ -346,6 +357,11 @@ def _configure(
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise SRDeployError("--route builder-flag: this TensorRT has no BuilderFlag.FP16; use strongly-typed")
         config.set_flag(trt.BuilderFlag.FP16)
+    if plan.set_int8_flag:
+        # 10.x weakly typed Q/DQ networks only; the plan refuses this route on 11, which has no BuilderFlag.INT8.
+        if not hasattr(trt.BuilderFlag, "INT8"):
+            raise SRDeployError("--route builder-flag: this TensorRT has no BuilderFlag.INT8; use strongly-typed")
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan.clear_tf32_flag and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     for p in profiles.profiles:
@@ -456,6 +472,7 @@ def _audit_and_gate(
     profiles: ProfilePlan,
     reference_onnx: Path,
     options: BuildOptions,
+    expected_int8_convs: int | None = None,
 ) -> tuple[PrecisionAudit, GateReport, dict[str, str]]:
     from sr_deploy.runtime.trt_backend import TensorRTBackend
 
@@ -463,7 +480,12 @@ def _audit_and_gate(
     try:
         backend.prepare(profiles.max_shape)
         backend.bind_shape(profiles.profiles[0].opt)
-        audit = audit_precision(parse_inspector_json(inspect_engine(backend.engine, backend.context)), plan.precision)
+        report = parse_inspector_json(inspect_engine(backend.engine, backend.context))
+        audit = (
+            audit_int8(report, expected_int8_convs)
+            if plan.precision == "int8"
+            else audit_precision(report, plan.precision)
+        )
         if not audit.ok:
             # Never keep (or name) an engine after a precision it does not have: rf-detr #1453.
             raise GateFailedError(f"{plan.precision} engine not kept: {audit.message}")
@@ -528,7 +550,7 @@ def build_engine(
     start = time.perf_counter()
     blob = build_serialized_engine(onnx_path, plan, profiles, options, timing_cache, console)
     build_seconds = time.perf_counter() - start
-    audit, gate, io_names = _audit_and_gate(blob, plan, profiles, reference, options)
+    audit, gate, io_names = _audit_and_gate(blob, plan, profiles, reference, options, _int8_convs(onnx_path, plan))
 
     sidecar = EngineSidecar(
         key=key,
@@ -564,6 +586,17 @@ def build_engines(
     return [build_engine(graphs, model_name, p, profiles, options, console) for p in precisions]
 
 
+def _int8_convs(onnx_path: Path, plan: PrecisionPlan) -> int | None:
+    """How many convs the int8 graph quantizes (the audit's expectation); None for float plans."""
+    if plan.precision != "int8":
+        return None
+    import onnx
+
+    from sr_deploy.export.quantize import audit_qdq
+
+    return audit_qdq(onnx.load(str(onnx_path), load_external_data=False)).quantized_convs
+
+
 def _sha256_bytes(data: bytes) -> str:
     import hashlib
 
@@ -590,11 +623,14 @@ class ExportTrtRequest:
     profile_from: Path | None = None
     split_orientation: bool | None = None
     options: BuildOptions = field(default_factory=BuildOptions)
+    #: --onnx-int8: the Q/DQ graph of `srdeploy quantize`, for --precision int8.
+    onnx_int8: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "onnx": None if self.onnx is None else str(self.onnx),
             "onnx_fp16": None if self.onnx_fp16 is None else str(self.onnx_fp16),
+            "onnx_int8": None if self.onnx_int8 is None else str(self.onnx_int8),
             "weights": self.weights,
             "precision": self.precision,
             "min": self.min_shape,
@@ -645,6 +681,11 @@ def resolve_onnx_graphs(onnx: Path, onnx_fp16: Path | None) -> OnnxGraphs:
         if p is not None and not p.is_file():
             raise SRDeployError(f"{flag} {p}: file not found")
     kind = onnx_graph_precision(onnx)
+    if kind == "int8":
+        raise SRDeployError(
+            f"--onnx {onnx}: is an int8 Q/DQ graph; give it to --onnx-int8, and the FP32 graph (the accuracy "
+            "reference) to --onnx or the weights to --weights"
+        )
     if onnx_fp16 is not None and onnx_graph_precision(onnx_fp16) != "fp16":
         raise SRDeployError(f"--onnx-fp16 {onnx_fp16}: its weights are FP32; expected the FP16 export")
     if kind == "fp16":
@@ -724,6 +765,16 @@ def export_trt(request: ExportTrtRequest, console: Console | None = None) -> lis
     profiles = resolve_profiles(request)
     if request.onnx is not None and not request.onnx.is_file():
         raise SRDeployError(f"--onnx {request.onnx}: file not found")
+    if ("int8" in precisions) != (request.onnx_int8 is not None):
+        raise SRDeployError(
+            "--precision int8 needs --onnx-int8 model.int8.onnx (srdeploy quantize)"
+            if request.onnx_int8 is None
+            else "--onnx-int8 goes with --precision int8"
+        )
+    if request.onnx_int8 is not None:
+        from sr_deploy.export.quantize import check_int8_graph
+
+        check_int8_graph(request.onnx_int8, flag="--onnx-int8")  # before TensorRT is looked for
     version = require_tensorrt()
     for p in precisions:  # refuse an impossible route (builder-flag on 11) before exporting anything
         plan_precision(p, parse_trt_version(version), request.options.route)
@@ -734,4 +785,39 @@ def export_trt(request: ExportTrtRequest, console: Console | None = None) -> lis
         assert request.onnx is not None
         graphs = resolve_onnx_graphs(request.onnx, request.onnx_fp16)
         model_name = model_name_from_onnx(request.onnx)
+    if request.onnx_int8 is not None:
+        graphs = _with_int8(graphs, request.onnx_int8)
+    _check_min_size(graphs, profiles)
     return build_engines(graphs, model_name, precisions, profiles, request.options, console)
+
+
+def _with_int8(graphs: OnnxGraphs, onnx_int8: Path) -> OnnxGraphs:
+    """`graphs` plus the int8 graph, which must stand for the same weights as the FP32 reference."""
+    from sr_deploy.export.onnx import read_onnx_metadata
+    from sr_deploy.export.quantize import check_int8_graph
+
+    reference = graphs.fp32
+    weights = ""
+    if reference is not None:
+        try:
+            weights = read_onnx_metadata(reference).weights_sha256
+        except SRDeployError:
+            weights = ""  # a foreign FP32 graph: nothing to compare with
+    check_int8_graph(onnx_int8, weights_sha256=weights, flag="--onnx-int8")
+    return OnnxGraphs(fp32=graphs.fp32, fp16=graphs.fp16, int8=onnx_int8)
+
+
+def _check_min_size(graphs: OnnxGraphs, profiles: ProfilePlan) -> None:
+    """The architecture's smallest input, from the spec in the graph's metadata, against every profile."""
+    from sr_deploy.archs.registry import arch_of
+    from sr_deploy.export.onnx import read_onnx_metadata
+    from sr_deploy.trt_plan import check_profiles_min_size
+
+    graph = graphs.fp32 or graphs.fp16
+    if graph is None:
+        return
+    try:
+        spec = read_onnx_metadata(graph).spec
+    except SRDeployError:
+        return  # a foreign graph: TensorRT's own shape checks are all there is
+    check_profiles_min_size(profiles, arch_of(spec).min_input_size, spec.name)

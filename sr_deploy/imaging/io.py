@@ -6,18 +6,31 @@ or uint16. Alpha is carried beside the colour so the network only ever sees thre
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# OpenCV's own log lines ("[ WARN:0@0.007] global grfmt_png.cpp ...") would land on stderr before our one-line
+# error; the user's setting wins where there is one.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from sr_deploy.errors import SRDeployError
-from sr_deploy.fileio import atomic_path
+from sr_deploy.fileio import atomic_path, read_error
+
+if os.environ["OPENCV_LOG_LEVEL"].upper() == "OFF":
+    # cv2 may have been imported before this module set the variable; older builds lack the call.
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 from sr_deploy.imaging.resize import imresize, modcrop
 
 #: File extensions `list_images` picks up and `write_image` accepts (lower case, with the dot).
@@ -145,6 +158,29 @@ def _orient_like(
     return np.ascontiguousarray(results[0])
 
 
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Catch what C libraries write straight to file descriptor 2 (libpng's "libpng warning: iCCP: ..." and
+    "libpng error: ..." bypass OpenCV's log level) and yield it as lines once the block ends, so a decode failure
+    is our one line naming the file, with the library's reason inside it, and a harmless warning is not printed."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedded interpreter): nothing to catch
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [x.strip() for x in sink.read().decode("utf-8", "replace").splitlines() if x.strip()]
+
+
 def read_image(path: str | Path) -> Image:
     """Decode an image file (PNG, JPEG, BMP, WebP, TIFF) to RGB uint8/uint16 plus optional alpha.
 
@@ -154,15 +190,23 @@ def read_image(path: str | Path) -> Image:
     if not p.is_file():
         raise SRDeployError(f"{p}: no such image file")
     # Read the bytes ourselves: cv2.imread fails silently on some non-ASCII paths, imdecode does not care.
-    data = np.fromfile(str(p), dtype=np.uint8)
     try:
-        # UNCHANGED keeps 16-bit and alpha but ignores EXIF orientation; COLOR|ANYDEPTH honours it.
-        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        oriented = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if raw is not None else None
-    except cv2.error as e:
-        raise SRDeployError(f"{p}: cannot decode image ({str(e).strip().splitlines()[-1]})") from None
+        data = np.fromfile(str(p), dtype=np.uint8)
+    except OSError as e:
+        raise read_error(e, p) from None
+    if not data.size:
+        raise SRDeployError(f"{p}: cannot decode image (the file is empty)")
+    with _stderr_captured() as said:
+        try:
+            # UNCHANGED keeps 16-bit and alpha but ignores EXIF orientation; COLOR|ANYDEPTH honours it.
+            raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            oriented = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if raw is not None else None
+        except cv2.error as e:
+            raw = oriented = None
+            said.append(str(e).strip().splitlines()[-1])
     if raw is None or oriented is None:
-        raise SRDeployError(f"{p}: cannot decode image (not a supported or valid image file)")
+        why = said[-1] if said else "not a supported or valid image file"
+        raise SRDeployError(f"{p}: cannot decode image ({why})")
     bit_depth = _bit_depth_of(oriented, p)
     alpha: np.ndarray | None = None
     if raw.ndim == 3 and raw.shape[2] in (2, 4):
@@ -286,7 +330,10 @@ def list_images(folder: str | Path) -> list[Path]:
         raise SRDeployError(f"{d}: no such folder")
     if not d.is_dir():
         raise SRDeployError(f"{d}: is a file, expected a folder of images")
-    entries = sorted(d.iterdir())
+    try:
+        entries = sorted(d.iterdir())
+    except OSError as e:
+        raise read_error(e, d) from None
     images = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
         found = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")

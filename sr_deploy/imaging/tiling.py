@@ -58,7 +58,8 @@ def check_tiling_policy(name: str, policy: TilingPolicy, min_size: int, tile: in
             f"--tile {tile}: {name} cannot be tiled exactly ({policy.reason}); "
             "pass --inexact-tiles to accept output that differs from the whole image, or use --tile 0"
         )
-    return f"note: {name} is tiled inexactly ({policy.reason}); the output differs slightly from the whole image"
+    measured = f"; measured: {policy.measured}" if policy.measured else ""
+    return f"note: {name} is tiled inexactly, its output differs from the whole image's ({policy.reason}){measured}"
 
 
 def check_tile_args(tile: int, overlap: int) -> None:

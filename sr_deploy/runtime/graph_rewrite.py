@@ -7,7 +7,9 @@ a Split, so every IMDN distillation split cost a reorder out of and back into th
 imdn-b7); OpenVINO also runs the split-free graph faster. Measured in benchmarks/results/cpu_backends.md.
 
 The exported file keeps its Split (the exact operator set TensorRT's parser is held to); the rewrite is applied in
-memory when a CPU backend loads the graph.
+memory when a CPU backend loads the graph. In an int8 (Q/DQ) graph a conv's weights come from a DequantizeLinear of
+int8 constants, per output channel: each piece gets its slice of the int8 weights and of the scales, which is the
+same arithmetic again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class _Match:
     act: onnx.NodeProto | None
     conv: onnx.NodeProto
     sizes: list[int]
+    #: int8 graphs: the DequantizeLinear that makes the conv's weights from int8 constants (None: float weights).
+    weight_dq: onnx.NodeProto | None = None
 
 
 def _split_sizes(node: onnx.NodeProto, consts: dict[str, np.ndarray], channels: int) -> list[int] | None:
@@ -84,19 +88,39 @@ def _matches(graph: onnx.GraphProto) -> list[_Match]:
                 continue
         else:
             act = None
-        if conv is None or conv.op_type != "Conv" or conv.input[1] not in consts:
+        if conv is None or conv.op_type != "Conv":
             continue
+        weight_dq = None
+        if conv.input[1] not in consts:
+            weight_dq = _weight_dq(producer.get(conv.input[1]), consts)
+            if weight_dq is None or not sole_use(conv.input[1]):
+                continue
         if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in consts:
             continue
         conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
         if int(conv_attrs.get("group", 1)) != 1:
             continue
-        channels = int(consts[conv.input[1]].shape[0])
+        weight_name = conv.input[1] if weight_dq is None else weight_dq.input[0]
+        channels = int(consts[weight_name].shape[0])
         sizes = _split_sizes(split, consts, channels)
         if sizes is None or sum(sizes) != channels or len(sizes) != len(split.output) or min(sizes) <= 0:
             continue
-        found.append(_Match(split, act, conv, sizes))
+        found.append(_Match(split, act, conv, sizes, weight_dq))
     return found
+
+
+def _weight_dq(node: onnx.NodeProto | None, consts: dict[str, np.ndarray]) -> onnx.NodeProto | None:
+    """`node` when it is a DequantizeLinear of constant weights that can be sliced by output channel: per tensor, or
+    per channel on axis 0 (what `srdeploy quantize` writes); else None."""
+    if node is None or node.op_type != "DequantizeLinear" or any(name not in consts for name in node.input if name):
+        return None
+    scale = consts[node.input[1]]
+    axis = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 1)
+    if scale.size > 1 and axis != 0:
+        return None
+    if any(a.name == "block_size" and helper.get_attribute_value(a) for a in node.attribute):
+        return None  # blocked quantization: not produced by us
+    return node
 
 
 def split_free(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -112,7 +136,7 @@ def split_free(model: onnx.ModelProto) -> onnx.ModelProto:
     if not matches:
         return out
     consts = _constants(graph)
-    removed = {id(n) for m in matches for n in (m.split, m.act, m.conv) if n is not None}
+    removed = {id(n) for m in matches for n in (m.split, m.act, m.conv, m.weight_dq) if n is not None}
     by_split = {id(m.split): m for m in matches}
     new_inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -130,15 +154,18 @@ def split_free(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _pieces(match: _Match, consts: dict[str, np.ndarray], new_inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
-    conv, act = match.conv, match.act
-    weight = consts[conv.input[1]]
+    conv, act, dq = match.conv, match.act, match.weight_dq
+    weight = consts[conv.input[1] if dq is None else dq.input[0]]
     bias = consts[conv.input[2]] if len(conv.input) > 2 and conv.input[2] else None
     nodes: list[onnx.NodeProto] = []
     start = 0
     for k, (size, target) in enumerate(zip(match.sizes, match.split.output, strict=True)):
         stop = start + size
         w_name = f"{conv.input[1]}__split{k}"
-        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(weight[start:stop]), w_name))
+        if dq is None:
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(weight[start:stop]), w_name))
+        else:
+            nodes.append(_dq_piece(dq, consts, start, stop, k, w_name, new_inits))
         inputs = [conv.input[0], w_name]
         if bias is not None:
             b_name = f"{conv.input[2]}__split{k}"
@@ -154,6 +181,30 @@ def _pieces(match: _Match, consts: dict[str, np.ndarray], new_inits: list[onnx.T
             nodes.append(piece_act)
         start = stop
     return nodes
+
+
+def _dq_piece(
+    dq: onnx.NodeProto,
+    consts: dict[str, np.ndarray],
+    start: int,
+    stop: int,
+    k: int,
+    output: str,
+    new_inits: list[onnx.TensorProto],
+) -> onnx.NodeProto:
+    """The DequantizeLinear of output channels [start, stop) of a per-channel (or per-tensor) quantized weight."""
+    inputs: list[str] = []
+    for i, name in enumerate(dq.input):
+        value = consts[name]
+        # Input 0 is the int8 weight; scale and zero point are sliced only when they are per channel.
+        if i == 0 or value.size > 1:
+            value = np.ascontiguousarray(value[start:stop])
+        piece = f"{name}__split{k}"
+        new_inits.append(numpy_helper.from_array(value, piece))
+        inputs.append(piece)
+    node = helper.make_node("DequantizeLinear", inputs, [output], name=f"{dq.name or dq.output[0]}__split{k}")
+    node.attribute.extend(dq.attribute)
+    return node
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

@@ -147,6 +147,7 @@ class OrtBackend(Backend):
         self._gpu = self._active[0] in (CUDA, TENSORRT)
         meta = self._sess.get_modelmeta().custom_metadata_map
         self._precision = meta.get("precision", "fp16" if self._in_dtype == np.float16 else "fp32")
+        self._extra: dict[str, Any] = {}
 
     @property
     def info(self) -> BackendInfo:
@@ -155,8 +156,13 @@ class OrtBackend(Backend):
             "providers": list(self._active),
             "intra_op_threads": self._threads,
             "graph": "split-free" if self._rewritten else "as exported",
+            **self._extra,
         }
         return BackendInfo("onnxruntime", device, self._precision, details)
+
+    def add_detail(self, key: str, value: Any) -> None:
+        """Record a fact (e.g. which int8 graph runs) that `info` reports."""
+        self._extra[key] = value
 
     def prepare(self, max_shape: Shape4) -> None:
         # The first run plans memory and (TensorRT provider) builds the engine; keep that out of the timings.

@@ -49,6 +49,55 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LOSSES: tuple[str, ...] = ("l1",)
 STORAGES: tuple[str, ...] = ("decoded", "memory", "png")
 PAPER_MILESTONES: tuple[int, ...] = (200, 400, 450, 475)
+#: Seeds feed numpy's SeedSequence and torch.Generator (after x1000 + stage): non-negative and within 32 bits.
+MAX_SEED = 2**32 - 1
+#: A bound on epochs, batch sizes, crops and the like: larger is a typo, and would overflow step counters' plans.
+MAX_COUNT = 10**9
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _kind_ok(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is float:
+        return _is_number(value)
+    if kind is int:
+        return _is_int(value)
+    return isinstance(value, kind)
+
+
+def _type_problems(obj: Any, where: str) -> list[str]:
+    """Every field of a config dataclass whose value cannot be of its declared kind, element types of the lists
+    included (``betas = ["a", "b"]``, ``milestones = ["x"]``), as messages naming the key. Optional fields (default
+    None) and nested tables are checked where they are used."""
+    out = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:  # pragma: no cover - every config field has a default
+            continue
+        if default is None or isinstance(default, dict) or dataclasses.is_dataclass(default):
+            continue
+        if isinstance(default, tuple):
+            elem = type(default[0]) if default else str
+            if dataclasses.is_dataclass(elem):
+                continue
+            ok = isinstance(value, (tuple, list)) and all(_kind_ok(v, elem) for v in value)
+        else:
+            ok = _kind_ok(value, type(default))
+        if not ok:
+            out.append(f"{where}.{f.name} has the wrong type: {value!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,12 +124,23 @@ class StageConfig:
         return d
 
     def problems(self, where: str) -> list[str]:
+        # Types first: a TOML string where a number belongs must be named, not crash the comparisons below.
+        wrong = _type_problems(self, where)
+        if wrong:
+            return wrong
         out = []
         for name in ("lr_patch", "crops_per_image", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 out.append(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            out.append(f"{where}.lr must be > 0, got {self.lr}")
+            elif getattr(self, name) > MAX_COUNT:
+                out.append(f"{where}.{name} must be <= {MAX_COUNT}, got {getattr(self, name)}")
+        # math.isfinite: `lr = inf` compares > 0 and would only fail once the run folder exists.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            out.append(f"{where}.lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.eps) or self.eps < 0:
+            out.append(f"{where}.eps must be a finite number >= 0, got {self.eps}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            out.append(f"{where}.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             out.append(f"{where}.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
@@ -142,20 +202,36 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     stages: tuple[StageConfig, ...] = field(default_factory=paper_stages)
 
-    def spec(self) -> ArchSpec:
-        """The ArchSpec this run trains: the arch preset with `model` overrides applied."""
+    def spec(self, source: str = "config") -> ArchSpec:
+        """The ArchSpec this run trains: the arch preset with `model` overrides applied, checked like a
+        checkpoint's spec (types and bounds: ``channels = "sixteen"`` or ``blocks = 100000`` name the key)."""
         base = preset(self.arch, "arch")
         known = {f.name for f in fields(base)}  # type: ignore[arg-type]
         unknown = sorted(set(self.model) - known)
         if unknown:
-            raise SRDeployError(f"config: unknown key model.{unknown[0]}; expected one of {sorted(known)}")
+            raise SRDeployError(f"{source}: unknown key model.{unknown[0]}; expected one of {sorted(known)}")
         merged = {**base.to_dict(), **self.model}
-        spec: ArchSpec = arch_of(base).spec_from_dict(merged, "config: model")
+        spec: ArchSpec = arch_of(base).spec_from_dict(merged, f"{source}: [model]")
         return spec
 
-    def validate(self) -> TrainConfig:
-        """Raise one SRDeployError listing every problem; return self so calls chain."""
+    def validate(self, source: str = "") -> TrainConfig:
+        """Raise one SRDeployError listing every problem (naming `source`, the config file, when given); return
+        self so calls chain. Everything a run needs from its config is checked here, before a run folder exists."""
+        try:
+            return self._validate(source or "config")
+        except SRDeployError as e:
+            if source and not str(e).startswith(source):
+                raise SRDeployError(f"{source}: {e}") from None
+            raise
+
+    def _validate(self, source: str) -> TrainConfig:
         problems: list[str] = []
+        problems += [p.replace("config.", "", 1) for p in _type_problems(self, "config")]
+        problems += [p.replace("config.", "", 1) for p in _type_problems(self.data, "config.data")]
+        if problems:  # the range checks below would compare a string with a number
+            raise SRDeployError("invalid training config: " + "; ".join(problems))
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {list(DEVICES)}, got {self.device!r}")
         if self.amp not in AMP_MODES:
@@ -163,6 +239,8 @@ class TrainConfig:
         for name in ("val_every", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+            elif getattr(self, name) > MAX_COUNT:
+                problems.append(f"{name} must be <= {MAX_COUNT}, got {getattr(self, name)}")
         if self.data.storage not in STORAGES:
             problems.append(f"data.storage must be one of {list(STORAGES)}, got {self.data.storage!r}")
         if self.data.num_workers < 0:
@@ -178,7 +256,7 @@ class TrainConfig:
             problems.extend(stage.problems(f"stages[{i}]"))
         if problems:
             raise SRDeployError("invalid training config: " + "; ".join(problems))
-        self.spec()  # raises on a bad arch or model override
+        self.spec(source)  # raises on a bad arch or model override
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,7 +311,7 @@ class TrainConfig:
             cfg = cls(**kwargs)
         except TypeError as e:  # a wrong value type that dataclasses caught
             raise SRDeployError(f"{source}: {e}") from None
-        return cfg.validate()
+        return cfg.validate(source)
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())

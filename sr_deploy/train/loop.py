@@ -15,6 +15,8 @@ Every file is written to a temporary name and renamed, so an interrupted write n
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import gc
 import json
 import math
@@ -37,11 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr_deploy import __version__
-from sr_deploy.archs.base import SRNet
-from sr_deploy.archs.registry import build_model, spec_from_dict
+from sr_deploy.archs.base import SRNet, check_state_dict
+from sr_deploy.archs.registry import arch_of, build_model, spec_from_dict
 from sr_deploy.archs.spec import ArchSpec
-from sr_deploy.errors import MissingDependencyError, SRDeployError
-from sr_deploy.fileio import atomic_path, write_text_atomic
+from sr_deploy.errors import Interrupted, MissingDependencyError, SRDeployError
+from sr_deploy.fileio import (
+    atomic_path,
+    check_output_path,
+    plot_format,
+    read_error,
+    write_error,
+    write_text_atomic,
+)
 from sr_deploy.train.config import StageConfig, TrainConfig, load_config
 from sr_deploy.train.data import (
     CropDataset,
@@ -103,6 +112,10 @@ class RunPaths:
     def snapshots(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
     def snapshot(self, stage: int, epoch: int) -> Path:
         # Zero-padded so that name order is (stage, epoch) order, which pruning relies on.
         return self.snapshots / f"s{stage + 1:02d}-e{epoch:05d}.safetensors"
@@ -111,12 +124,16 @@ class RunPaths:
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     """run.json of a run folder; a folder that is not one is an error that says so."""
     paths = RunPaths(Path(run_dir))
+    if paths.root.exists() and not paths.root.is_dir():
+        raise SRDeployError(f"{paths.root}: is a file, expected a run folder")
     if not paths.root.is_dir():
         raise SRDeployError(f"{paths.root}: no such run folder")
     if not paths.run_json.is_file():
         raise SRDeployError(f"{paths.root}: not a run folder (no run.json; was it made by srdeploy train?)")
     try:
         info = json.loads(paths.run_json.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise read_error(e, paths.run_json) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SRDeployError(f"{paths.run_json}: not valid JSON ({e})") from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
@@ -133,7 +150,10 @@ def resume_config(run_dir: str | Path, *, arch: str | None = None, **overrides: 
     info = read_run_info(run_dir)
     paths = RunPaths(Path(run_dir))
     if not paths.state.is_file():
-        raise SRDeployError(f"{paths.root}: run folder has no checkpoint (state.pt) yet; start it again instead")
+        raise SRDeployError(
+            f"{paths.root}: the run never reached a checkpoint (no state.pt), so there is nothing to resume; start it "
+            f"again in the same folder: srdeploy train --config {paths.config} --run-dir {paths.root}"
+        )
     cfg = load_config(paths.config)
     if arch is not None and arch != info.get("arch") and arch != cfg.arch:
         raise SRDeployError(f"{paths.root} was made with arch {info.get('arch')}, not {arch}")
@@ -246,9 +266,8 @@ def handle_signals(stop: StopRequest) -> Iterator[StopRequest]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not stop.armed or (stop.reason is not None and signum == signal.SIGINT):
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
+            # `srdeploy` prints one line for it and exits 130 / 143; temporary files and the lock are released.
+            raise Interrupted(signum)
         stop.request(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -272,16 +291,29 @@ class MetricsLog:
     def write(self, event: str, **fields: Any) -> None:
         if not self.enabled:
             return
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = _strict_record({"event": event, "time": round(time.time(), 3), **fields})
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Forget what was logged after `step` (a crash after the last checkpoint): it will be redone."""
         if not self.enabled or not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= step]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep), "metrics log")
+        text = "".join(json.dumps(_strict_record(r), allow_nan=False) + "\n" for r in keep)
+        write_text_atomic(self.path, text, "metrics log")
+
+
+def _strict_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A diverged loss (NaN) or an infinite PSNR is not JSON: null, with the reason in ``<key>_note``."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = None
+            out[f"{key}_note"] = "not a number" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        else:
+            out[key] = value
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -406,10 +438,84 @@ def load_state(path: Path, spec: ArchSpec) -> dict[str, Any]:
         raise SRDeployError(f"{path}: not a readable training state ({first})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise SRDeployError(f"{path}: not an srdeploy training state")
+    # Everything below is read from the file: check it before anything is built from it.
+    for key in ("spec", "position", "best", "model", "rng", "optimizer", "scheduler", "scaler"):
+        if not isinstance(state.get(key), dict):
+            raise SRDeployError(f"{path}: damaged training state ({key!r} is missing or not a mapping)")
     saved = spec_from_dict(state["spec"], str(path))
     if saved != spec:
         raise SRDeployError(f"{path}: state was made with arch {saved.name}, the run's config says {spec.name}")
+    for key, kind in (("position", Position), ("best", Best)):
+        try:
+            kind(**state[key])
+        except TypeError:
+            raise SRDeployError(f"{path}: damaged training state ({key!r} has unexpected fields)") from None
+    model = state["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise SRDeployError(f"{path}: damaged training state (its model is not a mapping of names to tensors)")
+    check_state_dict(arch_of(saved), saved, model, str(path))
     return state
+
+
+def _finished(state: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a state was saved at the end of the run's last stage: nothing is left to resume."""
+    pos = state["position"]
+    last = len(cfg.stages) - 1
+    return bool(
+        pos.get("stage", 0) >= last and pos.get("epoch", 0) >= cfg.stages[last].epochs and not pos.get("step_in_epoch")
+    )
+
+
+def _finished_result(state: dict[str, Any], paths: RunPaths, ctx: DistContext) -> TrainResult:
+    best = state["best"].get("psnr_rgb")
+    return TrainResult(
+        run_dir=paths.root,
+        completed=True,
+        stop_reason=None,
+        position=dict(state["position"]),
+        best_psnr_rgb=best if isinstance(best, float) and math.isfinite(best) else None,
+        last=paths.last if paths.last.is_file() else None,
+        best=paths.best if paths.best.is_file() else None,
+        rank=ctx.rank,
+    )
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``flock`` on its ``.lock``), so two `srdeploy train` cannot mix their
+    files in one folder. The file keeps the holder's pid for the other's message; the kernel drops the lock when
+    the holder exits, however it exits, so a crashed run never leaves a stale lock."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = RunPaths(root).lock
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(e, self.root, "--run-dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise write_error(e, self.path, "--run-dir") from None
+            raise SRDeployError(
+                f"{self.root}: another srdeploy train (pid {holder}) is using this run folder; wait for it to end "
+                "or pick another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -766,8 +872,29 @@ def _check_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
             )
 
 
+def _check_run_dir(paths: RunPaths) -> None:
+    """Refuse a --run-dir that is a file, or that holds a run with something to lose (a checkpoint or weights)."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise SRDeployError(f"--run-dir {paths.root}: is a file, expected a folder (new, or made by srdeploy train)")
+    if paths.run_json.exists() and (paths.state.exists() or paths.last.exists() or paths.best.exists()):
+        raise SRDeployError(
+            f"{paths.root} already holds a run; continue it with --resume {paths.root} or pick another --run-dir"
+        )
+
+
+def _make_run_dir(paths: RunPaths) -> None:
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, paths.root, "--run-dir") from None
+    if not os.access(paths.root, os.W_OK | os.X_OK):
+        raise SRDeployError(f"--run-dir {paths.root}: cannot write to it (permission denied or read-only)")
+
+
 def _start_folder(cfg: TrainConfig, spec: ArchSpec, paths: RunPaths) -> None:
-    paths.root.mkdir(parents=True, exist_ok=True)
+    # A run that never reached a checkpoint (`_check_run_dir` let it through) starts over: its log goes too.
+    with contextlib.suppress(FileNotFoundError):
+        paths.metrics.unlink()
     cfg.save(paths.config)
     info = {
         "format": RUN_FORMAT,
@@ -815,17 +942,43 @@ def _train(
     show_progress: bool,
     log: Log | None,
 ) -> TrainResult:
+    held: list[RunLock] = []  # the run folder's lock once taken (rank 0), released however the run ends
+    try:
+        return _train_in(cfg, spec, paths, ctx, resume, stop, show_progress, log, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train_in(
+    cfg: TrainConfig,
+    spec: ArchSpec,
+    paths: RunPaths,
+    ctx: DistContext,
+    resume: bool,
+    stop: StopRequest,
+    show_progress: bool,
+    log: Log | None,
+    held: list[RunLock],
+) -> TrainResult:
     say = (log or _quiet) if ctx.is_main else _quiet
     state: dict[str, Any] | None = None
     if resume:
         info = read_run_info(paths.root)
         if info.get("arch") != spec.name:
             raise SRDeployError(f"{paths.root} was made with arch {info.get('arch')}, not {spec.name}")
+        if ctx.is_main:
+            held.append(RunLock(paths.root).acquire())  # before reading a state another process may be writing
         state = load_state(paths.state, spec)
-    elif paths.run_json.exists():
-        raise SRDeployError(
-            f"{paths.root} already holds a run; continue it with --resume {paths.root} or pick another --run-dir"
-        )
+        if _finished(state, cfg):
+            # Nothing to do and nothing written: a scheduler that requeues a finished job gets success again.
+            say(
+                f"{paths.root}: the run is already finished (all {len(cfg.stages)} stage(s), "
+                f"{state['position'].get('global_step')} steps); nothing to resume"
+            )
+            return _finished_result(state, paths, ctx)
+    else:
+        _check_run_dir(paths)
 
     # Everything that can be wrong with the data or the weights fails here, before a run folder exists
     # and before stage 1 runs for days only for stage 2 to find its crop larger than every image.
@@ -850,6 +1003,10 @@ def _train(
     model, source = _init_model(cfg, spec) if state is None else (build_model(spec), cfg.init_from or "")
 
     if not resume and ctx.is_main:
+        # Only now, with every check passed, does the folder appear; the lock is held until the run ends.
+        _make_run_dir(paths)
+        held.append(RunLock(paths.root).acquire())
+        _check_run_dir(paths)  # again, under the lock: another run may have started here meanwhile
         _start_folder(cfg, spec, paths)
     ctx.barrier()
     metrics = MetricsLog(paths.metrics, ctx.is_main)
@@ -926,6 +1083,10 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Loss and validation PSNR curves of a run as a PNG (default RUN_DIR/curves.png)."""
     paths = RunPaths(Path(run_dir))
     read_run_info(paths.root)
+    out = Path(output) if output is not None else paths.root / "curves.png"
+    # Before the plot is drawn: -o RUN/config.toml would leave a run that can no longer resume.
+    check_output_path(out, "-o")
+    fmt = plot_format(out, "-o")
     if not paths.metrics.is_file():
         raise SRDeployError(f"{paths.root}: no metrics.jsonl yet (has the run taken a step?)")
     try:
@@ -935,14 +1096,16 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError(
-            "train-plot needs matplotlib: pip install 'srdeploy[plot]' (or pip install matplotlib)"
+            "train-plot needs matplotlib (a dependency of srdeploy), which is missing here: pip install matplotlib"
         ) from None
-    records = read_metrics(paths.metrics)
+    try:
+        records = read_metrics(paths.metrics)
+    except OSError as e:
+        raise read_error(e, paths.metrics) from None
     epochs = [r for r in records if r["event"] == "epoch"]
     vals = [r for r in records if r["event"] == "val"]
     if not epochs and not vals:
         raise SRDeployError(f"{paths.metrics}: no finished epoch or validation to plot yet")
-    out = Path(output) if output is not None else paths.root / "curves.png"
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["global_epoch"] for r in epochs], [r["loss"] for r in epochs], label="train L1 (epoch mean)")
     ax_loss.set_xlabel("epoch (all stages)")
@@ -961,7 +1124,9 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
         ax.legend()
     fig.suptitle(f"{paths.root.name}")
     fig.tight_layout()
-    with atomic_path(out, "plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out, "-o") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
     return out
