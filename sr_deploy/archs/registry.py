@@ -22,6 +22,7 @@ from sr_deploy.errors import SRDeployError, name_list
 ARCH_MODULES: dict[str, str] = {
     "imdn": "sr_deploy.archs.imdn",
     "rfdn": "sr_deploy.archs.rfdn",
+    "rlfn": "sr_deploy.archs.rlfn",
     "fmen": "sr_deploy.archs.fmen",
 }
 
