@@ -216,3 +216,21 @@ def db_or_null(
         return {key: value, note: None}
     reason = infinite if value > 0 else ("not a number" if math.isnan(value) else "-inf")
     return {key: None, note: reason}
+
+
+def digest_path(path: Path) -> Path:
+    """Where the sha256 of a cached file is recorded: beside it, as ``NAME.sha256``."""
+    return path.with_name(path.name + ".sha256")
+
+
+def record_digest(path: Path, digest: str) -> None:
+    write_text_atomic(digest_path(path), digest + "\n", "digest")
+
+
+def digest_matches(path: Path) -> bool:
+    """Whether `path` still has the sha256 recorded when it was written (not cut short, not edited since)."""
+    try:
+        recorded = digest_path(path).read_text(encoding="ascii").strip()
+        return path.is_file() and sha256_file(path) == recorded
+    except (OSError, UnicodeDecodeError, SRDeployError):
+        return False

@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from sr_deploy import trt_plan as tp
+from sr_deploy.archs.base import SRNet
 from sr_deploy.cli import main
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.export import tensorrt as trt_export
@@ -445,3 +446,18 @@ def test_build_out_of_workspace_suggests_a_size() -> None:
     assert "--workspace-gb 1: too small" in str(err) and "try --workspace-gb 4" in str(err)
     unrelated = trt_export.BuildLog(errors=["Network has dynamic or shape inputs, but no optimization profile"])
     assert trt_export.workspace_error(unrelated, trt_export.BuildOptions()) is None
+
+
+def test_export_trt_reuses_its_onnx_only_while_the_file_is_unchanged(tiny_model: SRNet, tmp_path: Path) -> None:
+    """An edited or cut-short graph under engines/onnx is exported again, never built into an engine."""
+    from sr_deploy.export.tensorrt import _reusable_onnx, export_onnx_for_model
+
+    sha = "cd" * 32
+    graphs = export_onnx_for_model(tiny_model, "tiny", sha, ("fp32",), tmp_path)
+    assert graphs.fp32 is not None and _reusable_onnx(graphs.fp32, sha)
+    assert not _reusable_onnx(graphs.fp32, "ef" * 32)
+    data = graphs.fp32.read_bytes()
+    graphs.fp32.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert not _reusable_onnx(graphs.fp32, sha)
+    export_onnx_for_model(tiny_model, "tiny", sha, ("fp32",), tmp_path)
+    assert graphs.fp32.read_bytes() == data

@@ -32,7 +32,16 @@ from torch import nn
 
 from sr_deploy.archs.base import Architecture, SRNet, StateDict, highest_index
 from sr_deploy.archs.blocks import RRRB
-from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS, ArchSpec, KeyLayout, PublishedWeights, TilingPolicy
+from sr_deploy.archs.spec import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    ArchSpec,
+    KeyLayout,
+    PublishedWeights,
+    TilingPolicy,
+    out_of_range,
+    slope_problem,
+)
 from sr_deploy.errors import SRDeployError
 
 MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
@@ -72,19 +81,9 @@ class FMENSpec(ArchSpec):
         self.check()
 
     def problems(self) -> list[str]:
-        out = []
-        if not 1 <= self.blocks <= MAX_BLOCKS:
-            out.append(f"blocks must be in 1..{MAX_BLOCKS}, got {self.blocks}")
-        for name in ("channels", "mid", "warmup_mid"):
-            v = getattr(self, name)
-            if not 1 <= v <= MAX_CHANNELS:
-                out.append(f"{name} must be in 1..{MAX_CHANNELS}, got {v}")
-        for name in ("erbs", "warmup_erbs"):
-            v = getattr(self, name)
-            if not 1 <= v <= MAX_GATE_ERBS:
-                out.append(f"{name} must be in 1..{MAX_GATE_ERBS}, got {v}")
-        if not 0.0 <= self.slope < 1.0:
-            out.append(f"slope must be in [0, 1), got {self.slope}")
+        widths = {name: (1, MAX_CHANNELS) for name in ("channels", "mid", "warmup_mid")}
+        depths = {name: (1, MAX_GATE_ERBS) for name in ("erbs", "warmup_erbs")}
+        out = out_of_range(self, {"blocks": (1, MAX_BLOCKS), **widths, **depths}) + slope_problem(self.slope)
         if self.block_type not in BLOCK_TYPES:
             out.append(f"block_type must be one of {list(BLOCK_TYPES)}, got {self.block_type!r}")
         return out

@@ -22,7 +22,16 @@ from sr_deploy.archs.esa import (
     scale_of,
     tensor_of,
 )
-from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS, ArchSpec, KeyLayout, PublishedWeights, TilingPolicy
+from sr_deploy.archs.spec import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    ArchSpec,
+    KeyLayout,
+    PublishedWeights,
+    TilingPolicy,
+    out_of_range,
+    slope_problem,
+)
 from sr_deploy.errors import SRDeployError
 
 MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
@@ -47,17 +56,12 @@ class RFDNSpec(ArchSpec):
         self.check()
 
     def problems(self) -> list[str]:
-        out = []
-        if not 1 <= self.blocks <= MAX_BLOCKS:
-            out.append(f"blocks must be in 1..{MAX_BLOCKS}, got {self.blocks}")
-        if not 4 <= self.channels <= MAX_CHANNELS:
-            out.append(f"channels must be in 4..{MAX_CHANNELS}, got {self.channels}")
+        out = out_of_range(
+            self, {"blocks": (1, MAX_BLOCKS), "channels": (4, MAX_CHANNELS), "esa_channels": (1, MAX_CHANNELS)}
+        )
         if not 1 <= self.distilled <= self.channels:
             out.append(f"distilled must be in 1..channels ({self.channels}), got {self.distilled}")
-        if not 1 <= self.esa_channels <= MAX_CHANNELS:
-            out.append(f"esa_channels must be in 1..{MAX_CHANNELS}, got {self.esa_channels}")
-        if not 0.0 <= self.slope < 1.0:
-            out.append(f"slope must be in [0, 1), got {self.slope}")
+        out += slope_problem(self.slope)
         return out
 
     @property

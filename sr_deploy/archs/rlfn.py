@@ -22,7 +22,16 @@ from sr_deploy.archs.esa import (
     scale_of,
     tensor_of,
 )
-from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS, ArchSpec, KeyLayout, PublishedWeights, TilingPolicy
+from sr_deploy.archs.spec import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    ArchSpec,
+    KeyLayout,
+    PublishedWeights,
+    TilingPolicy,
+    out_of_range,
+    slope_problem,
+)
 from sr_deploy.errors import SRDeployError
 
 MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
@@ -47,18 +56,8 @@ class RLFNSpec(ArchSpec):
         self.check()
 
     def problems(self) -> list[str]:
-        out = []
-        if not 1 <= self.blocks <= MAX_BLOCKS:
-            out.append(f"blocks must be in 1..{MAX_BLOCKS}, got {self.blocks}")
-        for field_name in ("channels", "mid_channels"):
-            v = getattr(self, field_name)
-            if not 4 <= v <= MAX_CHANNELS:
-                out.append(f"{field_name} must be in 4..{MAX_CHANNELS}, got {v}")
-        if not 1 <= self.esa_channels <= MAX_CHANNELS:
-            out.append(f"esa_channels must be in 1..{MAX_CHANNELS}, got {self.esa_channels}")
-        if not 0.0 <= self.slope < 1.0:
-            out.append(f"slope must be in [0, 1), got {self.slope}")
-        return out
+        bounds = {"blocks": (1, MAX_BLOCKS), "channels": (4, MAX_CHANNELS), "mid_channels": (4, MAX_CHANNELS)}
+        return out_of_range(self, {**bounds, "esa_channels": (1, MAX_CHANNELS)}) + slope_problem(self.slope)
 
     @property
     def name(self) -> str:

@@ -95,6 +95,21 @@ class ArchSpec:
             raise SRDeployError(f"{prefix}invalid {self.ARCH} spec: " + "; ".join(out))
 
 
+def out_of_range(spec: ArchSpec, bounds: dict[str, tuple[int, int]]) -> list[str]:
+    """One problem per integer field outside its inclusive (low, high) bounds."""
+    out = []
+    for name, (low, high) in bounds.items():
+        v = getattr(spec, name)
+        if not low <= v <= high:
+            out.append(f"{name} must be in {low}..{high}, got {v}")
+    return out
+
+
+def slope_problem(slope: float) -> list[str]:
+    """A LeakyReLU slope is in [0, 1): negative or >= 1 would no longer be a leaky ReLU."""
+    return [] if 0.0 <= slope < 1.0 else [f"slope must be in [0, 1), got {slope}"]
+
+
 def _typed(value: Any, default: Any, where: str) -> Any:
     """`value` checked against the type of the field's default (bool is not an int, int is a float)."""
     if isinstance(default, bool):

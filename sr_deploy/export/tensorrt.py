@@ -696,10 +696,13 @@ def resolve_onnx_graphs(onnx: Path, onnx_fp16: Path | None) -> OnnxGraphs:
 
 
 def _reusable_onnx(path: Path, weights_sha256: str) -> bool:
-    """An earlier export of the same weights (srdeploy's ONNX metadata says so): keeps the engine cache key."""
-    if not weights_sha256 or not path.is_file():
-        return False
+    """An earlier export of the same weights: unchanged since it was written (its recorded sha256) and srdeploy's
+    ONNX metadata says so. Keeps the engine cache key; a truncated or edited graph is exported again."""
     from sr_deploy.export.onnx import read_onnx_metadata
+    from sr_deploy.fileio import digest_matches
+
+    if not weights_sha256 or not digest_matches(path):
+        return False
 
     try:
         return read_onnx_metadata(path).weights_sha256 == weights_sha256
@@ -712,6 +715,7 @@ def export_onnx_for_model(
 ) -> OnnxGraphs:
     """The ONNX graphs the engines need (FP32 always: it is the gate's reference), exported or reused."""
     from sr_deploy.export.onnx import export_onnx
+    from sr_deploy.fileio import record_digest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -720,7 +724,8 @@ def export_onnx_for_model(
             path = out_dir / f"{model_name}-{precision}.onnx"
             if not _reusable_onnx(path, weights_sha256):
                 # FP32 I/O for both: the FP16 graph casts inside, so engines take and give float32 images.
-                export_onnx(model, path, precision=precision, io="fp32", weights_sha256=weights_sha256)
+                report = export_onnx(model, path, precision=precision, io="fp32", weights_sha256=weights_sha256)
+                record_digest(path, report.sha256)
             paths[precision] = path
     return OnnxGraphs(fp32=paths.get("fp32"), fp16=paths.get("fp16"))
 

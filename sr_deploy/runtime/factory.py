@@ -142,22 +142,17 @@ def graph_key(model: SRNet, precision: str) -> str:
     return h.hexdigest()
 
 
-def _digest_path(graph: Path) -> Path:
-    return graph.with_name(graph.name + ".sha256")
-
-
 def _cached_graph(path: Path, model: SRNet, precision: str) -> bool:
     """Whether the cached graph at `path` may be used: its sha256 is the one recorded when it was written (a
     truncated file or one whose weights were edited is not), and its metadata says what we would write again."""
     from sr_deploy.export.onnx import read_onnx_metadata
-    from sr_deploy.fileio import sha256_file
+    from sr_deploy.fileio import digest_matches
 
+    if not digest_matches(path):
+        return False
     try:
-        recorded = _digest_path(path).read_text(encoding="ascii").strip()
-        if not path.is_file() or sha256_file(path) != recorded:
-            return False
         meta = read_onnx_metadata(path)
-    except (OSError, UnicodeDecodeError, SRDeployError):
+    except SRDeployError:
         return False
     return (
         meta.spec == model.spec.collapsed()
@@ -173,7 +168,7 @@ def _onnx_for(model: SRNet, precision: str, weights_sha256: str, work_dir: Path)
     Anything wrong with a cached graph (cut short, edited, unreadable, written by another version) makes it a miss:
     the graph is exported again and replaces it atomically, then its digest is recorded beside it."""
     from sr_deploy.export.onnx import export_onnx
-    from sr_deploy.fileio import write_text_atomic
+    from sr_deploy.fileio import record_digest
 
     path = work_dir / f"{model.spec.name}-{precision}-{graph_key(model, precision)[:16]}.onnx"
     if _cached_graph(path, model, precision):
@@ -181,7 +176,7 @@ def _onnx_for(model: SRNet, precision: str, weights_sha256: str, work_dir: Path)
     report = export_onnx(
         model, path, precision="fp16" if precision == "fp16" else "fp32", weights_sha256=weights_sha256
     )
-    write_text_atomic(_digest_path(path), report.sha256 + "\n", "graph digest")
+    record_digest(path, report.sha256)
     return path
 
 
