@@ -312,3 +312,9 @@ def test_srdeploy_eval_reproduces_the_challenge_per_image(
 
 def test_all_archs_lists_every_registry_line() -> None:
     assert [a.id for a in all_archs()] == list(ARCH_MODULES)
+
+
+def test_a_foreign_state_dict_names_no_closest_architecture() -> None:
+    with pytest.raises(SRDeployError, match="x.pth: no known architecture .*none of the signature keys") as e:
+        detect({"encoder.weight": torch.zeros(2)}, "x.pth")
+    assert "closest" not in str(e.value)

@@ -114,6 +114,13 @@ def detect(sd: Mapping[str, torch.Tensor], source: str) -> Detection:
         ((lay.overlap(keys), a, lay) for a in all_archs() for lay in a.layouts), key=lambda t: t[0], reverse=True
     )
     score, arch, layout = ranked[0]
+    some = name_list(sorted(keys), 3)
+    if score <= 0:
+        # Not one signature key: naming a "closest" architecture would only mislead.
+        raise SRDeployError(
+            f"{source}: no known architecture matches this state dict (keys {some}); it has none of the signature keys "
+            f"of {', '.join(ARCH_MODULES)}"
+        )
     missing = [k for k in layout.required if k not in keys]
     present = [k for k in layout.forbidden if k in keys]
     details = []
@@ -121,7 +128,6 @@ def detect(sd: Mapping[str, torch.Tensor], source: str) -> Detection:
         details.append(f"missing {name_list(missing, 3)}")
     if present:
         details.append(f"unexpected {name_list(present, 3)}")
-    some = name_list(sorted(keys), 3)
     raise SRDeployError(
         f"{source}: no known architecture matches this state dict (keys {some}); closest is {arch.id} "
         f"({layout.name} layout, {score:.0%} of its signature keys): {'; '.join(details)}"
