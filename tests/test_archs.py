@@ -315,6 +315,6 @@ def test_all_archs_lists_every_registry_line() -> None:
 
 
 def test_a_foreign_state_dict_names_no_closest_architecture() -> None:
-    with pytest.raises(SRDeployError, match="x.pth: no known architecture .*none of the signature keys") as e:
+    with pytest.raises(SRDeployError, match=r"x\.pth: no known architecture .*none of the signature keys") as e:
         detect({"encoder.weight": torch.zeros(2)}, "x.pth")
     assert "closest" not in str(e.value)
