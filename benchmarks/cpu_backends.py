@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from sr_deploy import __version__
-from sr_deploy.archs.imdn import IMDN
+from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.registry import build_model, preset
 from sr_deploy.export.onnx import default_reference_folder, export_onnx, load_reference_images
 from sr_deploy.fileio import write_text_atomic
+from sr_deploy.profile import profile_model
 from sr_deploy.runtime.base import Backend
 from sr_deploy.runtime.factory import choose_auto, make_backend
 from sr_deploy.runtime.ort_backend import OrtBackend
@@ -75,26 +75,6 @@ class PathResult:
         return asdict(self)
 
 
-def conv_flops(model: nn.Module, hw: tuple[int, int]) -> float:
-    """2 x multiply-accumulates of every conv for one 1x3xHxW input (bias and activations not counted)."""
-    total = 0
-
-    def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        assert isinstance(m, nn.Conv2d)
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, *hw))
-    finally:
-        for h in handles:
-            h.remove()
-    return 2.0 * total
-
-
 class Matmul:
     """One n x n x n matmul in `dtype`, timed like a path: its best rate is the machine's practical peak."""
 
@@ -111,7 +91,7 @@ class Matmul:
         return torch.mm(self.a, self.b)
 
 
-def load_model(shared: Path | None) -> tuple[IMDN, str, str]:
+def load_model(shared: Path | None) -> tuple[SRNet, str, str]:
     weights = shared / "data" / "weights" / "team26_imdn_nb7.pth" if shared else None
     if weights is not None and weights.is_file():
         from sr_deploy.checkpoints import load_model as load
@@ -133,7 +113,7 @@ def ort_default_session(onnx_path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def build_paths(model: IMDN, onnx_path: Path, work: Path, sha: str, bf16: bool) -> dict[str, tuple[str, Any]]:
+def build_paths(model: SRNet, onnx_path: Path, work: Path, sha: str, bf16: bool) -> dict[str, tuple[str, Any]]:
     """Path name -> (compute type, Backend or plain callable)."""
     paths: dict[str, tuple[str, Any]] = {
         "torch eager fp32, NCHW": ("fp32", TorchBackend(model, precision="fp32", channels_last=False)),
@@ -287,7 +267,7 @@ def _run(
     threads: int,
     load_before: str,
     set5: Path | None,
-    model: IMDN,
+    model: SRNet,
     weights_label: str,
     sha: str,
     bf16_reason: str | None,
@@ -307,7 +287,7 @@ def _run(
     gflop: dict[str, float] = {}
     for hw in SIZES:
         print(f"1x3x{hw[0]}x{hw[1]}", end=" ", flush=True)
-        gflop[f"1x3x{hw[0]}x{hw[1]}"] = conv_flops(model, hw) / 1e9
+        gflop[f"1x3x{hw[0]}x{hw[1]}"] = 2 * profile_model(model, hw).macs / 1e9
         results += measure(paths, hw, args.reps)
     mm_gflop = 2.0 * args.matmul_n**3 / 1e9
     peaks: dict[str, float] = {}

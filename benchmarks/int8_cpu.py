@@ -47,6 +47,7 @@ from sr_deploy.export.quantize import (
     score,
 )
 from sr_deploy.fileio import write_text_atomic
+from sr_deploy.profile import profile_model
 from sr_deploy.runtime.base import Backend
 from sr_deploy.runtime.factory import make_backend
 from sr_deploy.runtime.ov_backend import openvino_status
@@ -128,29 +129,6 @@ class OvMatmul:
         t0 = time.perf_counter_ns()
         self.request.infer({0: self.x}, share_inputs=True)
         return (time.perf_counter_ns() - t0) / 1e6
-
-
-def conv_gop(model: Any, hw: tuple[int, int]) -> float:
-    """2 x multiply-accumulates of every conv for one 1x3xHxW input."""
-    import torch
-    from torch import nn
-
-    total = 0
-
-    def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        assert isinstance(m, nn.Conv2d)
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, *hw))
-    finally:
-        for h in handles:
-            h.remove()
-    return 2.0 * total / 1e9
 
 
 def run_rounds(paths: dict[str, tuple[str, Callable[[], float]]], size: str, reps: int) -> dict[str, PathResult]:
@@ -248,7 +226,7 @@ def _measure(
     gop: dict[str, float] = {}
     for hw in SIZES:
         size = f"1x3x{hw[0]}x{hw[1]}"
-        gop[size] = conv_gop(model, hw)
+        gop[size] = 2 * profile_model(model, hw).macs / 1e9
         x = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
         paths: dict[str, tuple[str, Callable[[], float]]] = {f"matmul {p} (peak)": (p, mm) for p, mm in peaks.items()}
         paths.update({name: (precision_of[name], backend_timer(b, x)) for name, b in backends.items()})

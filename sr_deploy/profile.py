@@ -23,6 +23,8 @@ class ModelProfile:
     flops: int
     activations: int
     convs: int
+    #: The convs' multiply-accumulates alone (bias not counted): ``flops`` less the activation ops.
+    macs: int
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,4 +88,5 @@ def profile_model(model: nn.Module, size: tuple[int, int] = (256, 256), arch: st
         flops=counts["macs"] + counts["act_ops"],
         activations=counts["activations"],
         convs=counts["convs"],
+        macs=counts["macs"],
     )
