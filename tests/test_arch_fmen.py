@@ -8,17 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from arch_checks import assert_reference_psnr
 
 from sr_deploy.archs.fmen import ARCH, FMEN, FMENSpec
 from sr_deploy.archs.registry import build_model, detect, get_arch, load_state_dict, preset, spec_from_dict
 from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS
 from sr_deploy.errors import SRDeployError
-from sr_deploy.imaging.io import from_model_output, read_image, to_tensor_layout
-from sr_deploy.imaging.metrics import psnr
-from sr_deploy.imaging.resize import modcrop
 from sr_deploy.profile import profile_model
 
 WEIGHTS = "team03_fmen.pth"
@@ -169,19 +166,8 @@ def test_published_sha256_matches_the_reference(reference: dict[str, Any]) -> No
 @pytest.mark.parametrize("dataset", ["Set5", "Set14"])
 def test_per_image_psnr_matches_the_reference(dataset: str, reference: dict[str, Any], published_model: FMEN) -> None:
     assert ARCH.input_range == reference["weights"][WEIGHTS]["data_range"]
-    expected = reference["results"][WEIGHTS][dataset]["per_image"]
     folder = _shared() / "data" / dataset
-    assert expected
-    for name, ref in expected.items():
-        lr = read_image(folder / "LR_bicubic_x4" / name).rgb
-        hr = modcrop(read_image(folder / "HR" / name).rgb, 4)
-        with torch.no_grad():
-            sr = from_model_output(published_model(torch.from_numpy(to_tensor_layout(lr))).numpy(), 8)
-        assert sr.shape == hr.shape and sr.dtype == np.uint8
-        got_rgb = psnr(sr, hr, crop_border=4, y_channel=False)
-        got_y = psnr(sr, hr, crop_border=4, y_channel=True)
-        assert abs(got_rgb - ref["rgb"]) <= 0.005, (name, got_rgb, ref)
-        assert abs(got_y - ref["y"]) <= 0.005, (name, got_y, ref)
+    assert_reference_psnr(published_model, folder, reference["results"][WEIGHTS][dataset]["per_image"])
 
 
 # ---------------------------------------------------------------------------------------------- counter

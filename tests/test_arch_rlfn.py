@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from arch_checks import assert_ntire_counter, assert_onnx_ops_and_ort_agree, assert_reference_psnr
 
 from sr_deploy.archs.registry import build_model, detect, get_arch, load_state_dict, preset, spec_from_dict
 from sr_deploy.archs.rfdn import ARCH as RFDN_ARCH
 from sr_deploy.archs.rlfn import ARCH, RLFN, RLFNSpec
 from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS
 from sr_deploy.errors import SRDeployError
-from sr_deploy.imaging.io import from_model_output, read_image, to_tensor_layout
-from sr_deploy.imaging.metrics import psnr
-from sr_deploy.imaging.resize import modcrop
-from sr_deploy.profile import profile_model
 
 CHALLENGE = "team04_rlfn.pth"
 AUTHORS = "rlfn_ntire_x4.pth"
@@ -227,54 +219,15 @@ def test_published_entry_matches_the_file(reference: dict[str, Any]) -> None:
 @pytest.mark.parametrize("dataset", ["Set5", "Set14"])
 def test_per_image_psnr_matches_the_reference(published_model: RLFN, reference: dict[str, Any], dataset: str) -> None:
     expected = reference["results"][CHALLENGE][dataset]["per_image"]
-    for name, want in expected.items():
-        lr = read_image(_shared_file(dataset, "LR_bicubic_x4", name)).rgb
-        hr = modcrop(read_image(_shared_file(dataset, "HR", name)).rgb, 4)
-        with torch.no_grad():
-            sr = from_model_output(published_model(torch.from_numpy(to_tensor_layout(lr))).numpy(), 8)
-        assert sr.shape == hr.shape and sr.dtype == np.uint8
-        for y_channel, kind in ((False, "rgb"), (True, "y")):
-            got = psnr(sr, hr, crop_border=4, y_channel=y_channel)
-            assert abs(got - want[kind]) <= 0.005, (name, kind, got, want[kind])
+    assert_reference_psnr(published_model, _shared() / "data" / dataset, expected)
 
 
 @pytest.mark.parametrize("name", [CHALLENGE, AUTHORS])
 def test_ntire_counter_figures(name: str, reference: dict[str, Any]) -> None:
-    want = reference["weights"][name]["ntire_counter"]
-    got = profile_model(_model(_load(name), name), (256, 256))
-    assert got.params == want["params"] and got.convs == want["convs"]
-    assert round(got.flops / 1e9, 4) == round(want["flops_g"], 4)
-    assert round(got.activations / 1e6, 4) == round(want["activations_m"], 4)
+    assert_ntire_counter(_model(_load(name), name), reference["weights"][name]["ntire_counter"])
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
 @pytest.mark.slow
 def test_onnx_operator_set_and_onnxruntime_agreement() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    model = build_model(RLFNSpec(), seed=0).eval()
-    # Batch 2 and sizes >= min_input_size: the pooling needs them, and torch.export specialises sizes 0 and 1.
-    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            model,
-            (torch.rand(2, 3, 37, 29),),
-            None,
-            input_names=["lr"],
-            output_names=["sr"],
-            opset_version=18,
-            dynamo=True,
-            dynamic_shapes={"x": dims},
-        )
-    assert program is not None
-    proto = program.model_proto
-    assert {n.op_type for n in proto.graph.node} - COMMON_ONNX_OPS == ARCH.onnx_ops
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for hw in ((37, 29), (50, 61)):
-        x = torch.rand(1, 3, *hw)
-        with torch.no_grad():
-            want = model(x).numpy()
-        got = session.run(None, {"lr": x.numpy()})[0]
-        assert got.shape == want.shape
-        assert float(np.abs(got - want).max()) < 1e-4
+    assert_onnx_ops_and_ort_agree(build_model(RLFNSpec(), seed=0).eval(), ARCH)
