@@ -77,9 +77,6 @@ class FMENSpec(ArchSpec):
     #: rrrb: pad the expand conv's output with its bias (FMEN's choice: an exact fold at the border).
     pad_bias: bool = True
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def problems(self) -> list[str]:
         widths = {name: (1, MAX_CHANNELS) for name in ("channels", "mid", "warmup_mid")}
         depths = {name: (1, MAX_GATE_ERBS) for name in ("erbs", "warmup_erbs")}

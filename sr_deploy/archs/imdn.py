@@ -58,7 +58,7 @@ class IMDNSpec(ArchSpec):
         object.__setattr__(self, "clb_convs", tuple(self.clb_convs))
         if not self.block_type:
             object.__setattr__(self, "block_type", "clb" if self.clb_convs else "plain")
-        self.check()
+        super().__post_init__()
 
     def problems(self) -> list[str]:
         out = []

@@ -138,8 +138,8 @@ def load_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> tuple[ArchSp
     """Detect, rename into the architecture's own keys, infer the spec from shapes and check every key strictly."""
     found = detect(sd, source)
     canonical = found.arch.to_canonical(dict(sd), found.layout)
+    # infer_spec builds the spec, whose own checks run then and name `source`.
     spec: ArchSpec = found.arch.infer_spec(canonical, source)
-    spec.check(source)
     check_state_dict(found.arch, spec, canonical, source)
     return spec, canonical
 

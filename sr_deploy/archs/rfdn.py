@@ -52,9 +52,6 @@ class RFDNSpec(ArchSpec):
     in_channels: int = 3
     out_channels: int = 3
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def problems(self) -> list[str]:
         out = out_of_range(
             self, {"blocks": (1, MAX_BLOCKS), "channels": (4, MAX_CHANNELS), "esa_channels": (1, MAX_CHANNELS)}

@@ -52,9 +52,6 @@ class RLFNSpec(ArchSpec):
     in_channels: int = 3
     out_channels: int = 3
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def problems(self) -> list[str]:
         bounds = {"blocks": (1, MAX_BLOCKS), "channels": (4, MAX_CHANNELS), "mid_channels": (4, MAX_CHANNELS)}
         return out_of_range(self, {**bounds, "esa_channels": (1, MAX_CHANNELS)}) + slope_problem(self.slope)

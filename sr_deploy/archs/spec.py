@@ -30,6 +30,10 @@ class ArchSpec:
     in_channels: int
     out_channels: int
 
+    def __post_init__(self) -> None:
+        # Every spec is valid from birth: the dataclass __init__ of each subclass calls this.
+        self.check()
+
     @property
     def arch(self) -> str:
         return self.ARCH
