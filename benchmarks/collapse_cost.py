@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sr_deploy.archs.registry import build_model, preset
-from sr_deploy.bench import collect_environment
+from sr_deploy.bench.environment import collect_environment
 from sr_deploy.fileio import write_text_atomic
 from sr_deploy.fusion import CollapseReport, collapse_with_report
 

@@ -22,17 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sr_deploy.bench import (
-    BenchReport,
-    BenchSettings,
-    collect_environment,
-    describe_timing,
-    load_bench_images,
-    load_bench_models,
-    render_markdown,
-    run_bench,
-    write_plot,
-)
+from sr_deploy.bench.environment import collect_environment
+from sr_deploy.bench.inputs import load_bench_images
+from sr_deploy.bench.models import load_bench_models
+from sr_deploy.bench.render import describe_timing, render_markdown, write_plot
+from sr_deploy.bench.report import BenchReport
+from sr_deploy.bench.run import BenchSettings, run_bench
 from sr_deploy.fileio import write_text_atomic
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ reason, rather than overrunning):
 3. for every registered architecture with published weights (loaded from --weights-dir, checked by sha256), every
    CUDA path: fp32 eager, fp16, fp16 + CUDA graphs, bf16 (all half paths channels_last) and, last because compiling
    is the slowest step, fp16 + ``torch.compile``. Each path is timed the challenge's way on the DIV2K test LR inputs
-   (``sr_deploy.bench.measure_backend``: CUDA events around the forward, input already on the device, no warm-up,
+   (``sr_deploy.bench.measure``: CUDA events around the forward, input already on the device, no warm-up,
    first image counted; then warm statistics), then checked on Set5 against torch fp32 on the CPU (max abs, PSNR,
    RGB and Y PSNR against HR) with the project's gates, and its peak GPU memory is read;
 4. TensorRT, pycuda and onnxruntime-gpu rows through the project's own backends where those exist, else skipped with
@@ -49,7 +49,9 @@ if str(HERE.parent) not in sys.path:  # run from a checkout without `pip install
     sys.path.insert(0, str(HERE.parent))
 
 from sr_deploy.archs.base import SRNet  # noqa: E402
-from sr_deploy.bench import BenchImage, RowPlan, RowResult, jsonable, measure_backend  # noqa: E402
+from sr_deploy.bench.inputs import BenchImage  # noqa: E402
+from sr_deploy.bench.measure import RowResult, jsonable, measure_backend  # noqa: E402
+from sr_deploy.bench.rows import RowPlan  # noqa: E402
 from sr_deploy.errors import SRDeployError  # noqa: E402
 from sr_deploy.export.onnx import ExportGates, ReferenceImage  # noqa: E402
 from sr_deploy.runtime.base import Backend  # noqa: E402
@@ -916,7 +918,7 @@ def _f(x: float | None, spec: str, scale: float = 1.0) -> str:
 DEFINITIONS = [
     "**challenge mean**: the mean per-image forward time of one pass over the inputs, first image counted, no "
     "warm-up, timed with CUDA events around the forward call only, the input already on the device in the path's "
-    "dtype and layout (`sr_deploy.bench.measure_backend`). With CUDA graphs, a shape seen for the first time is "
+    "dtype and layout (`sr_deploy.bench.measure`). With CUDA graphs, a shape seen for the first time is "
     "captured before its timed replay; with torch.compile it is compiled (or its guards checked) before its timed "
     "call. That per-shape work is counted apart (*setup*), never inside a figure.",
     f"**warm median**: {WARMUP_CALLS} untimed calls after the cold pass, then {WARM_PASSES} timed pass(es) over the "
@@ -1047,7 +1049,7 @@ def slug(name: str) -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """bench's environment (machine, versions, load) plus the settings that decide what "fp32" means on a GPU."""
-    from sr_deploy.bench import collect_environment
+    from sr_deploy.bench.environment import collect_environment
 
     env = collect_environment()
     if device.type != "cuda":
@@ -1066,7 +1068,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def load_inputs(div2k: Path, set5: Path, limit: int | None) -> Inputs:
-    from sr_deploy.bench import load_bench_images
+    from sr_deploy.bench.inputs import load_bench_images
     from sr_deploy.export.onnx import load_reference_images
 
     images = load_bench_images(div2k, None, scale=4)
@@ -1079,7 +1081,7 @@ def load_inputs(div2k: Path, set5: Path, limit: int | None) -> Inputs:
 
 def dry_inputs() -> Inputs:
     """Tiny seeded inputs: three LR images in two sizes to time, two references with synthetic HR."""
-    from sr_deploy.bench import synthetic_images
+    from sr_deploy.bench.inputs import synthetic_images
 
     images = synthetic_images(12, 16, 2, seed=0) + synthetic_images(10, 14, 1, seed=1)
     rng = np.random.default_rng(2)

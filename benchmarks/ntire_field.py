@@ -32,7 +32,7 @@ import numpy as np
 
 from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.registry import all_archs
-from sr_deploy.bench import collect_environment
+from sr_deploy.bench.environment import collect_environment
 from sr_deploy.checkpoints import load_model
 from sr_deploy.errors import SRDeployError
 from sr_deploy.evaluate import EvalReport, evaluate, pair_eval_images

@@ -29,7 +29,8 @@ import numpy as np
 
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
 from sr_deploy.archs.registry import build_model, preset
-from sr_deploy.bench import TimeStats, collect_environment, time_stats
+from sr_deploy.bench.environment import collect_environment
+from sr_deploy.bench.stats import TimeStats, time_stats
 from sr_deploy.fileio import write_text_atomic
 from sr_deploy.fusion import collapse
 from sr_deploy.profile import ModelProfile, profile_model

@@ -40,9 +40,9 @@ def db_or_none(x: float | None) -> float | None:
 class Comparison:
     """A candidate's outputs against reference outputs, accumulated sample by sample (`add`).
 
-    Non-finite candidate values are counted and left out of the error statistics; a sample with any has no PSNR
-    and makes the worst-sample PSNR -inf. `psnr_db` pools every sample's squared error; `worst_psnr_db` is the
-    lowest per-sample figure.
+    Non-finite values (in the candidate or, a broken oracle, in the reference) are counted and left out of the
+    error statistics; a sample with any has no PSNR and makes the worst-sample PSNR -inf. `psnr_db` pools every
+    sample's squared error; `worst_psnr_db` is the lowest per-sample figure.
     """
 
     peak: float = 1.0
@@ -59,7 +59,7 @@ class Comparison:
         cand = np.asarray(candidate, dtype=np.float64)
         if ref.shape != cand.shape:
             raise SRDeployError(f"comparison: sample {self.samples} has shape {cand.shape}, reference {ref.shape}")
-        finite = np.isfinite(cand)
+        finite = np.isfinite(cand) & np.isfinite(ref)
         bad = int(cand.size - int(finite.sum()))
         diff = np.abs(cand[finite] - ref[finite]) if bad else np.abs(cand - ref).reshape(-1)
         sq = float(np.dot(diff, diff))
@@ -112,12 +112,16 @@ def compare_outputs(
 
 
 def output_to_uint8_rgb(output: np.ndarray) -> np.ndarray:
-    """A 1x3xHxW (or 3xHxW) output in [0, 1] -> HxWx3 uint8: the protocol's clamp, x255, round."""
+    """A 1x3xHxW (or 3xHxW) output in [0, 1] -> HxWx3 uint8: the protocol's clamp, x255, round, in float32 like
+    the challenge (`sr_deploy.imaging.io.quantize`, so eval, training and the gates round alike)."""
+    from sr_deploy.imaging.io import quantize  # cv2 is loaded only when an output is scored
+
     arr = np.asarray(output)
     if arr.ndim == 4:
         arr = arr[0]
-    rgb: np.ndarray = np.round(np.clip(arr.astype(np.float64), 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8)
-    return rgb
+    # NaN has no pixel value: it scores as black here, and `Comparison` counts it as non-finite.
+    arr = np.nan_to_num(arr, nan=0.0)
+    return np.ascontiguousarray(quantize(arr, 8).transpose(1, 2, 0))
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def check(comparison: Comparison, tolerance: Tolerance, label: str = "") -> Chec
     c, t = comparison, tolerance
     reasons: list[str] = []
     if c.nonfinite:
-        reasons.append(f"{c.nonfinite} NaN/Inf values in the output")
+        reasons.append(f"{c.nonfinite} NaN/Inf values in the outputs")
     if t.max_abs is not None and c.max_abs > t.max_abs:
         reasons.append(f"max abs error {c.max_abs:.3g} > {t.max_abs:g}")
     if t.mean_abs is not None and c.mean_abs > t.mean_abs:

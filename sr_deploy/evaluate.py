@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from sr_deploy.compare import psnr_vs_hr
 from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import db_or_null
 from sr_deploy.imaging.io import from_model_output, list_images, make_lr, read_image, to_tensor_layout, to_uint8
-from sr_deploy.imaging.metrics import psnr, ssim
+from sr_deploy.imaging.metrics import ssim
 from sr_deploy.imaging.pairing import pair_images
 from sr_deploy.imaging.resize import modcrop
 from sr_deploy.shapes import check_min_size
@@ -117,11 +118,12 @@ def score_image(name: str, run: RunFn, lr: np.ndarray, hr: np.ndarray, crop_bord
     sr = from_model_output(run(to_tensor_layout(lr)), 8)
     if sr.shape != hr.shape:
         raise SRDeployError(f"{name}: output {sr.shape} does not match HR {hr.shape}")
+    vs_hr = psnr_vs_hr(sr, hr, crop_border)
     return ImageScore(
         name=name,
         lr_hw=(int(lr.shape[0]), int(lr.shape[1])),
-        psnr_rgb=psnr(sr, hr, crop_border=crop_border, y_channel=False),
-        psnr_y=psnr(sr, hr, crop_border=crop_border, y_channel=True),
+        psnr_rgb=vs_hr.rgb_db,
+        psnr_y=vs_hr.y_db,
         ssim_y=ssim(sr, hr, crop_border=crop_border, y_channel=True),
     )
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr_deploy.archs.base import SRNet, check_state_dict
+from sr_deploy.compare import CheckReport, Comparison, Tolerance, check
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import db_or_null
 from sr_deploy.linear_graph import (
@@ -426,10 +427,12 @@ def _fold(
             f"cannot fold {name}: it maps a {tuple(x.shape)} input to {tuple(ref.shape)}, but one "
             f"{kernel[0]}x{kernel[1]} conv with stride {geo.stride} gives {tuple(got.shape)}{_hints(geo)}"
         )
-    diff = (ref - got).abs()
     inside = _interior(ref.shape[-2:], size, (rh, rw), (sh, sw))
-    interior = float(diff[..., inside].max()) if bool(inside.any()) else 0.0
-    border = float(diff[..., ~inside].max()) if bool((~inside).any()) else 0.0
+    within = Comparison().add(ref[..., inside].numpy(), got[..., inside].numpy())
+    ring = Comparison().add(ref[..., ~inside].numpy(), got[..., ~inside].numpy())
+    if within.nonfinite or ring.nonfinite:
+        raise SRDeployError(f"cannot fold {name}: it gives NaN/Inf on a unit-normal input (float64)")
+    interior, border = within.max_abs, ring.max_abs
     scale = max(1.0, float(ref.abs().max()))
     if interior > border_limit * scale:
         raise SRDeployError(
@@ -754,25 +757,63 @@ def fold_module(
 class EquivalenceReport:
     """How far the deploy-form output is from the training-form output on the same input.
 
-    With an accepted border error, the errors (and the pass/fail) are those of the output pixels at least
-    `border_crop` pixels from the edge, which the border cannot reach; the ``*_full`` errors include the border.
+    `f64` and `f32` hold the comparisons (float64 statistics either way) to their max-abs tolerances. With an
+    accepted border error, those are of the output pixels at least `border_crop` pixels from the edge, which the
+    border cannot reach; `f64_full` / `f32_full` include the border.
     """
 
     input_shape: tuple[int, ...]
-    max_abs_f64: float
-    mean_abs_f64: float
-    max_abs_f32: float
-    mean_abs_f32: float
-    psnr_f32_db: float  # PSNR of deploy vs train output in float32, peak 1.0
-    tol_f64: float
-    tol_f32: float
+    f64: CheckReport
+    f32: CheckReport
     border_crop: int = 0
-    max_abs_f64_full: float | None = None
-    max_abs_f32_full: float | None = None
+    f64_full: Comparison | None = None
+    f32_full: Comparison | None = None
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_f64 <= self.tol_f64 and self.max_abs_f32 <= self.tol_f32
+        return self.f64.passed and self.f32.passed
+
+    @property
+    def max_abs_f64(self) -> float:
+        return self.f64.comparison.max_abs
+
+    @property
+    def mean_abs_f64(self) -> float:
+        return self.f64.comparison.mean_abs
+
+    @property
+    def max_abs_f32(self) -> float:
+        return self.f32.comparison.max_abs
+
+    @property
+    def mean_abs_f32(self) -> float:
+        return self.f32.comparison.mean_abs
+
+    @property
+    def psnr_f32_db(self) -> float:
+        """PSNR of deploy vs train output in float32, peak 1.0."""
+        return self.f32.comparison.psnr_db
+
+    @property
+    def tol_f64(self) -> float:
+        return _max_abs_bound(self.f64)
+
+    @property
+    def tol_f32(self) -> float:
+        return _max_abs_bound(self.f32)
+
+    @property
+    def max_abs_f64_full(self) -> float:
+        return (self.f64_full or self.f64.comparison).max_abs
+
+    @property
+    def max_abs_f32_full(self) -> float:
+        return (self.f32_full or self.f32.comparison).max_abs
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why the proof failed, each reason naming its precision; empty when it passed."""
+        return tuple(f"{r.label}: {why}" for r in (self.f64, self.f32) for why in r.reasons)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -785,11 +826,19 @@ class EquivalenceReport:
             **db_or_null("psnr_f32_db", self.psnr_f32_db, note_key="psnr_f32_note"),
             "tol_f64": self.tol_f64,
             "tol_f32": self.tol_f32,
+            "nonfinite_f64": self.f64.comparison.nonfinite,
+            "nonfinite_f32": self.f32.comparison.nonfinite,
             "passed": self.passed,
+            "reasons": list(self.reasons),
             "border_crop": self.border_crop,
-            "max_abs_f64_full": self.max_abs_f64 if self.max_abs_f64_full is None else self.max_abs_f64_full,
-            "max_abs_f32_full": self.max_abs_f32 if self.max_abs_f32_full is None else self.max_abs_f32_full,
+            "max_abs_f64_full": self.max_abs_f64_full,
+            "max_abs_f32_full": self.max_abs_f32_full,
         }
+
+
+def _max_abs_bound(report: CheckReport) -> float:
+    assert report.tolerance.max_abs is not None  # the proof always sets it
+    return report.tolerance.max_abs
 
 
 def _run(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -797,6 +846,10 @@ def _run(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     with torch.no_grad():
         out: torch.Tensor = m(x.to(dtype))
     return out
+
+
+def _crop(t: torch.Tensor, crop: int) -> torch.Tensor:
+    return t[..., crop : t.shape[-2] - crop, crop : t.shape[-1] - crop] if crop else t
 
 
 def verify_equivalence(
@@ -821,28 +874,21 @@ def verify_equivalence(
         gen = torch.Generator().manual_seed(seed)
         inputs = torch.rand(shape, generator=gen, dtype=torch.float64)
     x = inputs.double().cpu()
-    full64 = (_run(train_model, x, torch.float64) - _run(deploy_model, x, torch.float64)).abs()
+    a64, b64 = _run(train_model, x, torch.float64), _run(deploy_model, x, torch.float64)
     a32, b32 = _run(train_model, x, torch.float32), _run(deploy_model, x, torch.float32)
-    full32 = (a32.double() - b32.double()).abs()
-    crop = margin * full64.shape[-1] // x.shape[-1] if margin else 0
-    if crop and min(full64.shape[-2:]) <= 2 * crop:
+    crop = margin * a64.shape[-1] // x.shape[-1] if margin else 0
+    if crop and min(a64.shape[-2:]) <= 2 * crop:
         raise SRDeployError(f"proof input {tuple(x.shape)} has no interior beyond a {margin}-pixel margin")
-    d64 = full64[..., crop : full64.shape[-2] - crop, crop : full64.shape[-1] - crop] if crop else full64
-    d32 = full32[..., crop : full32.shape[-2] - crop, crop : full32.shape[-1] - crop] if crop else full32
-    mse = float((d32**2).mean())
-    psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    # Comparison works in float64, so the float32 outputs are compared exactly as they came out.
+    f64 = Comparison().add(_crop(a64, crop).numpy(), _crop(b64, crop).numpy())
+    f32 = Comparison().add(_crop(a32, crop).numpy(), _crop(b32, crop).numpy())
     return EquivalenceReport(
         input_shape=tuple(x.shape),
-        max_abs_f64=float(d64.max()),
-        mean_abs_f64=float(d64.mean()),
-        max_abs_f32=float(d32.max()),
-        mean_abs_f32=float(d32.mean()),
-        psnr_f32_db=psnr,
-        tol_f64=tol_f64,
-        tol_f32=tol_f32,
+        f64=check(f64, Tolerance(max_abs=tol_f64), "float64"),
+        f32=check(f32, Tolerance(max_abs=tol_f32), "float32"),
         border_crop=crop,
-        max_abs_f64_full=float(full64.max()),
-        max_abs_f32_full=float(full32.max()),
+        f64_full=Comparison().add(a64.numpy(), b64.numpy()) if crop else None,
+        f32_full=Comparison().add(a32.numpy(), b32.numpy()) if crop else None,
     )
 
 
@@ -888,10 +934,7 @@ def prove_collapse(
     proof = verify_equivalence(model, deploy, shape=shape, margin=m, **verify_kwargs)
     if not proof.passed:
         where = f" (beyond a {proof.border_crop}-pixel border)" if proof.border_crop else ""
-        raise GateFailedError(
-            f"collapse is not exact{where}: max abs error {proof.max_abs_f64:.3g} (float64, tol {proof.tol_f64:g}), "
-            f"{proof.max_abs_f32:.3g} (float32, tol {proof.tol_f32:g})"
-        )
+        raise GateFailedError(f"collapse is not exact{where}: {'; '.join(proof.reasons)}")
     return ProvenCollapse(deploy.to(dtype), report, proof)
 
 

@@ -18,9 +18,19 @@ import numpy as np
 import pytest
 import torch
 
-from sr_deploy import bench as B
+import sr_deploy.bench.run as bench_run
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
 from sr_deploy.archs.registry import build_model
+from sr_deploy.bench.environment import foreign_cpu_load
+from sr_deploy.bench.inputs import BenchImage, load_bench_images, synthetic_images
+from sr_deploy.bench.measure import ImageResult, RowResult, finish_rows, jsonable, measure_backend, summarize_row
+from sr_deploy.bench.models import BenchModels
+from sr_deploy.bench.render import render_markdown, write_plot
+from sr_deploy.bench.report import BenchReport, report_schema
+from sr_deploy.bench.rows import BASELINE_ROW, RowPlan, plan_rows
+from sr_deploy.bench.run import BenchSettings, run_bench
+from sr_deploy.bench.stats import challenge_figures, speedup, throughput_mpix_s, time_stats
+from sr_deploy.bench.verdict import make_verdict
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.imaging import pairing
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
@@ -75,9 +85,9 @@ class ModelBackend(Backend):
         return TimedOutput(output=out, forward_ms=1.0, end_to_end_ms=1.0)
 
 
-def _models(seed: int = 0) -> B.BenchModels:
+def _models(seed: int = 0) -> BenchModels:
     model = build_model(TINY, seed=seed).eval()
-    return B.BenchModels(
+    return BenchModels(
         deploy=model, clb=model, arch=TINY.name, weights_source="test", weights_sha256="",
         random_weights=True, params=sum(p.numel() for p in model.parameters()),
     )  # fmt: skip
@@ -90,10 +100,10 @@ ENV: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _validate(report: B.BenchReport) -> dict[str, Any]:
+def _validate(report: BenchReport) -> dict[str, Any]:
     # Round-trip through JSON first: the schema must hold for what is written, not for Python objects.
     d: dict[str, Any] = json.loads(json.dumps(report.to_dict(), allow_nan=False))
-    jsonschema.validate(d, B.report_schema())
+    jsonschema.validate(d, report_schema())
     return d
 
 
@@ -102,7 +112,7 @@ def _validate(report: B.BenchReport) -> dict[str, Any]:
 
 def test_time_stats_matches_definitions() -> None:
     samples = [1.0, 2.0, 3.0, 4.0, 100.0]
-    s = B.time_stats(samples)
+    s = time_stats(samples)
     assert s.count == 5
     assert s.mean_ms == pytest.approx(statistics.fmean(samples))
     assert s.median_ms == pytest.approx(statistics.median(samples))
@@ -114,51 +124,51 @@ def test_time_stats_matches_definitions() -> None:
 
 
 def test_time_stats_single_sample_and_bad_input() -> None:
-    s = B.time_stats([7.5])
+    s = time_stats([7.5])
     assert (s.mean_ms, s.median_ms, s.p99_ms, s.std_ms) == (7.5, 7.5, 7.5, 0.0)
     with pytest.raises(ValueError):
-        B.time_stats([])
+        time_stats([])
     with pytest.raises(ValueError):
-        B.time_stats([1.0, -1.0])
+        time_stats([1.0, -1.0])
     with pytest.raises(ValueError):
-        B.time_stats([1.0, math.nan])
+        time_stats([1.0, math.nan])
 
 
 def test_challenge_figures_count_the_cold_first_image() -> None:
-    c = B.challenge_figures(["a", "b", "c"], [30.0, 10.0, 20.0])
+    c = challenge_figures(["a", "b", "c"], [30.0, 10.0, 20.0])
     assert c.mean_ms == pytest.approx(20.0)  # (30 + 10 + 20) / 3: the first image is not dropped
     assert c.cold_first_ms == 30.0 and c.first_image == "a"
     assert c.mean_without_first_ms == pytest.approx(15.0)
-    assert B.challenge_figures(["a"], [5.0]).mean_without_first_ms is None
+    assert challenge_figures(["a"], [5.0]).mean_without_first_ms is None
     with pytest.raises(ValueError):
-        B.challenge_figures(["a", "b"], [1.0])
+        challenge_figures(["a", "b"], [1.0])
 
 
 def test_jsonable_makes_backend_details_strict_json() -> None:
     details = {"a": np.float32(1.5), "b": [math.inf, np.int64(3)], "c": Path("x.engine"), "d": {"e": math.nan}}
-    assert B.jsonable(details) == {"a": 1.5, "b": [None, 3], "c": "x.engine", "d": {"e": None}}
-    json.dumps(B.jsonable(details), allow_nan=False)
+    assert jsonable(details) == {"a": 1.5, "b": [None, 3], "c": "x.engine", "d": {"e": None}}
+    json.dumps(jsonable(details), allow_nan=False)
 
 
 def test_foreign_cpu_load_is_a_cpu_count() -> None:
-    load = B.foreign_cpu_load(0.05)
+    load = foreign_cpu_load(0.05)
     assert load is None or load >= 0.0
 
 
 def test_throughput_and_speedup() -> None:
     # 2 outputs of 1 MP each in 500 ms total -> 4 MP/s
-    assert B.throughput_mpix_s([1_000_000, 1_000_000], [250.0, 250.0]) == pytest.approx(4.0)
-    assert B.speedup(100.0, 25.0) == pytest.approx(4.0)
-    assert B.speedup(None, 25.0) is None and B.speedup(100.0, None) is None
+    assert throughput_mpix_s([1_000_000, 1_000_000], [250.0, 250.0]) == pytest.approx(4.0)
+    assert speedup(100.0, 25.0) == pytest.approx(4.0)
+    assert speedup(None, 25.0) is None and speedup(100.0, None) is None
 
 
 # --------------------------------------------------------------------------------------------------- verdict
 
 
 def test_verdict_pass_fail_and_ratio() -> None:
-    at = B.make_verdict(49.42, 49.42, label="x", device="cuda:0")
+    at = make_verdict(49.42, 49.42, label="x", device="cuda:0")
     assert at.passed and at.status == "PASS" and at.ratio == pytest.approx(1.0)  # the budget itself passes
-    over = B.make_verdict(60.0, 40.0, label="x", device="cuda:0")
+    over = make_verdict(60.0, 40.0, label="x", device="cuda:0")
     assert not over.passed and over.status == "FAIL" and over.ratio == pytest.approx(1.5)
     assert "1.50x" in over.message and "FAIL" in over.message
     assert "GPU budget" not in over.message and not over.gpu_budget_on_cpu
@@ -166,7 +176,7 @@ def test_verdict_pass_fail_and_ratio() -> None:
 
 def test_verdict_on_cpu_says_the_budget_is_a_gpu_budget() -> None:
     for mean in (10.0, 500.0):
-        v = B.make_verdict(mean, 49.42, label="onnxruntime-cpu-fp32", device="cpu")
+        v = make_verdict(mean, 49.42, label="onnxruntime-cpu-fp32", device="cpu")
         assert v.gpu_budget_on_cpu
         assert "GPU budget" in v.message and "cpu" in v.message
 
@@ -174,18 +184,18 @@ def test_verdict_on_cpu_says_the_budget_is_a_gpu_budget() -> None:
 @pytest.mark.parametrize("budget", [0.0, -1.0, math.inf, math.nan])
 def test_verdict_rejects_bad_budgets(budget: float) -> None:
     with pytest.raises(SRDeployError, match="budget"):
-        B.make_verdict(1.0, budget, label="x", device="cpu")
+        make_verdict(1.0, budget, label="x", device="cpu")
 
 
 def test_finish_rows_speedup_and_headline() -> None:
-    def row(key: str, times: list[float]) -> B.RowResult:
-        imgs = [B.ImageResult(f"{i}", (2, 2), (8, 8), t, t + 1, [t], [t + 1]) for i, t in enumerate(times)]
-        plan = B.RowPlan(key, key, "torch", "fp32")
-        return B.summarize_row(plan, imgs, backend_info={"device": "cpu", "label": key}, timing={})
+    def row(key: str, times: list[float]) -> RowResult:
+        imgs = [ImageResult(f"{i}", (2, 2), (8, 8), t, t + 1, [t], [t + 1]) for i, t in enumerate(times)]
+        plan = RowPlan(key, key, "torch", "fp32")
+        return summarize_row(plan, imgs, backend_info={"device": "cpu", "label": key}, timing={})
 
-    rows = [row(B.BASELINE_ROW, [100.0, 100.0]), row("fast", [20.0, 30.0]), row("slow", [400.0, 400.0])]
-    rows.append(B.RowResult(plan=B.RowPlan("gone", "gone", "tensorrt", "fp16"), status="skipped", reason="no GPU"))
-    head = B.finish_rows(rows, budget_ms=49.42)
+    rows = [row(BASELINE_ROW, [100.0, 100.0]), row("fast", [20.0, 30.0]), row("slow", [400.0, 400.0])]
+    rows.append(RowResult(plan=RowPlan("gone", "gone", "tensorrt", "fp16"), status="skipped", reason="no GPU"))
+    head = finish_rows(rows, budget_ms=49.42)
     assert head is not None and head.plan.key == "fast"
     assert rows[1].speedup == pytest.approx(4.0) and rows[2].speedup == pytest.approx(0.25)
     assert rows[1].verdict is not None and rows[1].verdict.passed
@@ -252,48 +262,48 @@ def test_load_bench_images_pairs_and_checks_scale(tmp_path: Path) -> None:
     for name in ("0801", "0802"):
         _write(tmp_path / "lr" / f"{name}x4.png", rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
         _write(tmp_path / "hr" / f"{name}.png", rng.integers(0, 256, (25, 21, 3), dtype=np.uint8))
-    images = B.load_bench_images(tmp_path / "lr", tmp_path / "hr", scale=4)
+    images = load_bench_images(tmp_path / "lr", tmp_path / "hr", scale=4)
     assert [(i.name, i.height, i.width) for i in images] == [("0801x4.png", 6, 5), ("0802x4.png", 6, 5)]
     assert images[0].hr_path == tmp_path / "hr" / "0801.png"
     _write(tmp_path / "hr" / "0802.png", rng.integers(0, 256, (24, 16, 3), dtype=np.uint8))
     with pytest.raises(SRDeployError, match="0802"):
-        B.load_bench_images(tmp_path / "lr", tmp_path / "hr", scale=4)
+        load_bench_images(tmp_path / "lr", tmp_path / "hr", scale=4)
 
 
 # ------------------------------------------------------------------------------------------------- synthetic
 
 
 def test_synthetic_images_are_seeded_and_sized() -> None:
-    a = B.synthetic_images(9, 13, 3, seed=1)
-    b = B.synthetic_images(9, 13, 3, seed=1)
-    c = B.synthetic_images(9, 13, 3, seed=2)
+    a = synthetic_images(9, 13, 3, seed=1)
+    b = synthetic_images(9, 13, 3, seed=1)
+    c = synthetic_images(9, 13, 3, seed=2)
     assert len(a) == 3 and all(i.lr.shape == (9, 13, 3) and i.lr.dtype == np.uint8 for i in a)
     assert all(np.array_equal(x.lr, y.lr) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0].lr, c[0].lr)
     assert not np.array_equal(a[0].lr, a[1].lr)  # distinct images, not one repeated
     assert len({i.name for i in a}) == 3
     with pytest.raises(SRDeployError):
-        B.synthetic_images(9, 13, 0, seed=0)
+        synthetic_images(9, 13, 0, seed=0)
 
 
 # ----------------------------------------------------------------------------------------------- row plans
 
 
 def test_plan_rows_all_and_single() -> None:
-    rows = B.plan_rows("all", "fp32", best_precision="bf16")
+    rows = plan_rows("all", "fp32", best_precision="bf16")
     assert [r.key for r in rows] == [
         "torch-clb-fp32", "torch-fp32", "torch-best-bf16", "onnxruntime-fp32", "onnxruntime-fp16",
         "openvino-fp32", "openvino-bf16", "tensorrt-fp32", "tensorrt-fp16",
     ]  # fmt: skip
     assert rows[0].model == "clb" and all(r.model == "deploy" for r in rows[1:])
     assert all(r.skip_reason is None for r in rows)
-    no_fast = B.plan_rows("all", "fp32", best_precision="fp32")
+    no_fast = plan_rows("all", "fp32", best_precision="fp32")
     assert no_fast[2].skip_reason and "fp32" in no_fast[2].skip_reason
-    assert [r.key for r in B.plan_rows("onnxruntime", "fp16", best_precision="bf16")] == ["onnxruntime-fp16"]
+    assert [r.key for r in plan_rows("onnxruntime", "fp16", best_precision="bf16")] == ["onnxruntime-fp16"]
     with pytest.raises(SRDeployError, match="--backend"):
-        B.plan_rows("cuda", "fp32", best_precision="fp32")
+        plan_rows("cuda", "fp32", best_precision="fp32")
     with pytest.raises(SRDeployError, match="--precision"):
-        B.plan_rows("torch", "int8", best_precision="fp32")
+        plan_rows("torch", "int8", best_precision="fp32")
 
 
 @pytest.mark.parametrize(
@@ -301,19 +311,19 @@ def test_plan_rows_all_and_single() -> None:
 )
 def test_settings_validate(kwargs: dict[str, Any], flag: str) -> None:
     with pytest.raises(SRDeployError, match=flag):
-        B.BenchSettings(**kwargs).validate()
+        BenchSettings(**kwargs).validate()
 
 
 # ------------------------------------------------------------------------------------------------- measuring
 
 
 def test_measure_backend_method() -> None:
-    images = B.synthetic_images(4, 6, 3, seed=0)
+    images = synthetic_images(4, 6, 3, seed=0)
     # cold pass: 50, 10, 30; warm-up: 2 calls (99, 99); warm passes: 1, 2, 3 then 4, 5, 6
     fake = ScriptedBackend([50.0, 10.0, 30.0, 99.0, 99.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    plan = B.RowPlan("fake-fp32", "fake", "torch", "fp32")
+    plan = RowPlan("fake-fp32", "fake", "torch", "fp32")
     calls: list[tuple[str, int, int]] = []
-    row = B.measure_backend(
+    row = measure_backend(
         fake, plan, images, warmup=2, repeat=2, scale=4, progress=lambda k, p, d, t: calls.append((p, d, t))
     )
     assert fake.calls == 3 + 2 + 6
@@ -335,9 +345,9 @@ def test_psnr_comes_from_the_backends_output() -> None:
     rng = np.random.default_rng(3)
     lr = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     hr = rng.integers(0, 256, (49, 42, 3), dtype=np.uint8)  # 1 and 2 px of modcrop
-    img = B.BenchImage(name="a.png", lr=lr, hr_path=Path("unused.png"))
-    row = B.measure_backend(
-        ScriptedBackend([1.0]), B.RowPlan("k", "k", "torch", "fp32"), [img],
+    img = BenchImage(name="a.png", lr=lr, hr_path=Path("unused.png"))
+    row = measure_backend(
+        ScriptedBackend([1.0]), RowPlan("k", "k", "torch", "fp32"), [img],
         warmup=0, repeat=1, scale=4, hr_loader=lambda _: hr,
     )  # fmt: skip
     from sr_deploy.imaging.metrics import psnr
@@ -360,36 +370,36 @@ def test_reference_images_reach_the_default_factory(monkeypatch: pytest.MonkeyPa
     """--reference-dir's images go to the backend factory (the bf16 gate's inputs); without them it finds its own."""
     seen: list[Any] = []
 
-    def make(plan: B.RowPlan, model: IMDN, device: str, sha: str, *, references: Any = None) -> Backend:
+    def make(plan: RowPlan, model: IMDN, device: str, sha: str, *, references: Any = None) -> Backend:
         seen.append(references)
         return ScriptedBackend([1.0])
 
-    monkeypatch.setattr(B, "_factory_maker", make)
+    monkeypatch.setattr(bench_run, "_factory_maker", make)
     refs = [object()]
     for given in (refs, None):
-        B.run_bench(
-            B.synthetic_images(4, 6, 1, seed=0), _models(), B.BenchSettings(backend="torch", warmup=0, repeat=1),
+        run_bench(
+            synthetic_images(4, 6, 1, seed=0), _models(), BenchSettings(backend="torch", warmup=0, repeat=1),
             inputs=_inputs(1), availability=lambda: {"torch": None}, environment=ENV, references=given,
         )  # fmt: skip
     assert seen == [refs, None]
 
 
 def test_run_bench_all_rows_skips_and_failures(tmp_path: Path) -> None:
-    images = B.synthetic_images(4, 6, 2, seed=0)
+    images = synthetic_images(4, 6, 2, seed=0)
     made: list[ScriptedBackend] = []
     per_kind = {"torch-clb-fp32": 300.0, "torch-fp32": 100.0, "onnxruntime-fp32": 40.0, "onnxruntime-fp16": 30.0}
 
-    def make(plan: B.RowPlan, model: IMDN, device: str, sha: str) -> Backend:
+    def make(plan: RowPlan, model: IMDN, device: str, sha: str) -> Backend:
         if plan.key not in per_kind:
             raise RuntimeError(f"{plan.key} exploded")
         fake = ScriptedBackend([per_kind[plan.key]], name=plan.kind)
         made.append(fake)
         return fake
 
-    report = B.run_bench(
+    report = run_bench(
         images,
         _models(),
-        B.BenchSettings(backend="all", warmup=1, repeat=2),
+        BenchSettings(backend="all", warmup=1, repeat=2),
         inputs=_inputs(2),
         make=make,
         availability=lambda: {
@@ -414,19 +424,19 @@ def test_run_bench_all_rows_skips_and_failures(tmp_path: Path) -> None:
     assert all(r.timing["prepare_called"] is False for r in report.rows if r.ok)
     d = _validate(report)
     assert len(d["rows"]) == 9 and d["verdict"]["status"] == "PASS"
-    md = B.render_markdown(report)
+    md = render_markdown(report)
     assert "onnxruntime-fp16" not in md or "ONNX Runtime fp16" in md
     assert "TensorRT is not installed" in md and report.verdict.message in md
-    plot = B.write_plot(report, tmp_path / "bench.png")
+    plot = write_plot(report, tmp_path / "bench.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_bench_single_backend_not_available() -> None:
     with pytest.raises(MissingDependencyError, match=r"tensorrt.*pip install tensorrt"):
-        B.run_bench(
-            B.synthetic_images(4, 6, 1, seed=0),
+        run_bench(
+            synthetic_images(4, 6, 1, seed=0),
             _models(),
-            B.BenchSettings(backend="tensorrt"),
+            BenchSettings(backend="tensorrt"),
             inputs=_inputs(1),
             make=lambda *a: ScriptedBackend([1.0]),
             availability=lambda: {"torch": None, "tensorrt": "no GPU here; pip install tensorrt on a CUDA machine"},
@@ -435,10 +445,10 @@ def test_run_bench_single_backend_not_available() -> None:
 
 
 def test_run_bench_single_backend_over_budget_report_validates() -> None:
-    report = B.run_bench(
-        B.synthetic_images(4, 6, 3, seed=0),
+    report = run_bench(
+        synthetic_images(4, 6, 3, seed=0),
         _models(),
-        B.BenchSettings(backend="torch", warmup=0, repeat=1, budget_ms=10.0),
+        BenchSettings(backend="torch", warmup=0, repeat=1, budget_ms=10.0),
         inputs=_inputs(3),
         make=lambda *a: ScriptedBackend([21.0, 5.0, 5.0]),
         availability=lambda: {"torch": None},
@@ -454,10 +464,10 @@ def test_run_bench_single_backend_over_budget_report_validates() -> None:
 
 def test_prepare_is_called_for_backends_that_only_allocate() -> None:
     fake = ScriptedBackend([1.0], name="tensorrt")
-    report = B.run_bench(
-        [*B.synthetic_images(4, 6, 1, seed=0), *B.synthetic_images(5, 3, 1, seed=1)],
+    report = run_bench(
+        [*synthetic_images(4, 6, 1, seed=0), *synthetic_images(5, 3, 1, seed=1)],
         _models(),
-        B.BenchSettings(backend="tensorrt", warmup=0, repeat=1),
+        BenchSettings(backend="tensorrt", warmup=0, repeat=1),
         inputs=_inputs(2),
         make=lambda *a: fake,
         availability=lambda: {"tensorrt": None},
@@ -468,10 +478,10 @@ def test_prepare_is_called_for_backends_that_only_allocate() -> None:
 
 
 def test_auto_row_is_named_after_the_backend_it_chose() -> None:
-    report = B.run_bench(
-        B.synthetic_images(4, 6, 1, seed=0),
+    report = run_bench(
+        synthetic_images(4, 6, 1, seed=0),
         _models(),
-        B.BenchSettings(backend="auto", warmup=0, repeat=1),
+        BenchSettings(backend="auto", warmup=0, repeat=1),
         inputs=_inputs(1),
         make=lambda *a: ScriptedBackend([1.0], name="onnxruntime"),
         availability=lambda: {"torch": None, "onnxruntime": None, "tensorrt": "no GPU"},
@@ -484,20 +494,20 @@ def test_auto_row_is_named_after_the_backend_it_chose() -> None:
 def test_markdown_has_psnr_and_per_image_rows() -> None:
     rng = np.random.default_rng(1)
     hr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    images = [B.BenchImage(name=f"im{i}.png", lr=hr[::4, ::4].copy(), hr_path=Path("x.png")) for i in range(2)]
+    images = [BenchImage(name=f"im{i}.png", lr=hr[::4, ::4].copy(), hr_path=Path("x.png")) for i in range(2)]
     models = _models()
     models.random_weights = False
-    report = B.run_bench(
+    report = run_bench(
         images,
         models,
-        B.BenchSettings(backend="torch", warmup=0, repeat=1),
+        BenchSettings(backend="torch", warmup=0, repeat=1),
         inputs={"kind": "folder", "count": 2, "description": "two images"},
         make=lambda *a: ScriptedBackend([3.0]),
         availability=lambda: {"torch": None},
         hr_loader=lambda _: hr,
         environment=ENV,
     )
-    md = B.render_markdown(report)
+    md = render_markdown(report)
     assert "PSNR Y (dB)" in md and "| im0.png | 10x12 |" in md and "| im1.png | 10x12 |" in md
     assert report.rows[0].psnr_y_mean is not None and f"{report.rows[0].psnr_y_mean:.4f}" in md
     assert "PSNR RGB (dB, challenge)" in md and "test_demo.py ranks by it" in md
@@ -505,12 +515,12 @@ def test_markdown_has_psnr_and_per_image_rows() -> None:
     _validate(report)
 
 
-def _one_image_report() -> B.BenchReport:
+def _one_image_report() -> BenchReport:
     """A torch run over one synthetic image with a scripted backend (1 ms forward)."""
-    return B.run_bench(
-        B.synthetic_images(4, 6, 1, seed=0),
+    return run_bench(
+        synthetic_images(4, 6, 1, seed=0),
         _models(),
-        B.BenchSettings(backend="torch", warmup=0, repeat=1),
+        BenchSettings(backend="torch", warmup=0, repeat=1),
         inputs=_inputs(1),
         make=lambda *a: ScriptedBackend([1.0]),
         availability=lambda: {"torch": None},
@@ -524,7 +534,7 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     report = _one_image_report()
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes `import matplotlib.figure` fail
     with pytest.raises(MissingDependencyError, match="matplotlib"):
-        B.write_plot(report, tmp_path / "p.png")
+        write_plot(report, tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
 
 
@@ -533,7 +543,7 @@ def test_report_schema_rejects_a_broken_report() -> None:
     d = _validate(report)
     del d["rows"][0]["images"][0]["cold_forward_ms"]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(d, B.report_schema())
+        jsonschema.validate(d, report_schema())
 
 
 def test_reference_psnr_on_set5_with_team26(shared: Path, team26_pth: Path, tmp_path: Path) -> None:
@@ -546,7 +556,7 @@ def test_reference_psnr_on_set5_with_team26(shared: Path, team26_pth: Path, tmp_
     from sr_deploy.checkpoints import load_model
 
     model, loaded = load_model(team26_pth, form="plain")
-    models = B.BenchModels(
+    models = BenchModels(
         deploy=model, clb=None, arch=model.spec.name, weights_source=str(team26_pth),
         weights_sha256=loaded.sha256, random_weights=False, params=sum(p.numel() for p in model.parameters()),
     )  # fmt: skip
@@ -555,11 +565,11 @@ def test_reference_psnr_on_set5_with_team26(shared: Path, team26_pth: Path, tmp_
         (tmp_path / sub).mkdir()
         for name in ("butterfly.png", "woman.png"):
             shutil.copy(data / sub / name, tmp_path / sub / name)
-    images = B.load_bench_images(tmp_path / "LR_bicubic_x4", tmp_path / "HR", scale=4)
-    report = B.run_bench(
+    images = load_bench_images(tmp_path / "LR_bicubic_x4", tmp_path / "HR", scale=4)
+    report = run_bench(
         images,
         models,
-        B.BenchSettings(backend="torch", warmup=0, repeat=1),
+        BenchSettings(backend="torch", warmup=0, repeat=1),
         inputs={"kind": "folder", "count": len(images), "description": "Set5 subset"},
         make=lambda plan, m, *a: ModelBackend(m),
         availability=lambda: {"torch": None},

@@ -6,6 +6,7 @@ known in advance; no test asserts a real time.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,21 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from rich.console import Console
+from rich.table import Table
 from strict_json import load_strict
 
-import sr_deploy.bench as B
+import sr_deploy.bench.run as bench_run
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
 from sr_deploy.archs.registry import build_model
+from sr_deploy.bench.inputs import synthetic_images
+from sr_deploy.bench.models import load_bench_models
+from sr_deploy.bench.render import Column, render_markdown
+from sr_deploy.bench.report import BenchReport, report_schema
+from sr_deploy.bench.rows import RowPlan
+from sr_deploy.bench.run import BenchSettings, run_bench
 from sr_deploy.cli import main
+from sr_deploy.commands.bench import summary_table
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 
 TINY = IMDNSpec(blocks=2, channels=16, distilled=4)
@@ -47,15 +57,15 @@ def fake_factory(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Route run_bench's default factory to FixedBackend; `state["ms"]` sets the time, tensorrt is missing."""
     state: dict[str, Any] = {"ms": 10.0, "made": []}
 
-    def make(plan: B.RowPlan, model: IMDN, device: str, sha: str) -> Backend:
+    def make(plan: RowPlan, model: IMDN, device: str, sha: str) -> Backend:
         state["made"].append((plan.key, model.spec.name, sha))
         return FixedBackend(state["ms"], plan.kind)
 
     def availability() -> dict[str, str | None]:
         return {"torch": None, "onnxruntime": None, "tensorrt": "TensorRT is not installed (pip install tensorrt)"}
 
-    monkeypatch.setattr(B, "_factory_maker", make)
-    monkeypatch.setattr(B, "_factory_availability", availability)
+    monkeypatch.setattr(bench_run, "_factory_maker", make)
+    monkeypatch.setattr(bench_run, "_factory_availability", availability)
     return state
 
 
@@ -96,7 +106,7 @@ def test_synthetic_writes_report_markdown_plot(
     stdout = capsys.readouterr().out
     assert "PASS" in stdout and "GPU budget" in stdout  # the fake runs on "cpu": the honest note is there
     d = load_strict(out)
-    jsonschema.validate(d, B.report_schema())
+    jsonschema.validate(d, report_schema())
     assert d["inputs"]["kind"] == "synthetic" and d["inputs"]["synthetic_hw"] == [8, 12]
     assert [len(i["warm_forward_ms"]) for i in d["rows"][0]["images"]] == [2, 2, 2]
     assert d["model"]["random_weights"] is True and d["model"]["arch"] == "imdn-b7"
@@ -119,7 +129,7 @@ def test_backend_all_table(fake_factory: dict[str, Any], capsys: pytest.CaptureF
                "--report", str(out)])  # fmt: skip
     assert rc == 0
     d = load_strict(out)
-    jsonschema.validate(d, B.report_schema())
+    jsonschema.validate(d, report_schema())
     rows = {r["key"]: r for r in d["rows"]}
     assert rows["tensorrt-fp32"]["status"] == "skipped" and "pip install tensorrt" in rows["tensorrt-fp32"]["reason"]
     assert rows["torch-clb-fp32"]["status"] == "ok"
@@ -137,7 +147,7 @@ def test_hr_pairs_and_psnr_with_weights(fake_factory: dict[str, Any], lr_hr: tup
                "--report", str(out), "-q"])  # fmt: skip
     assert rc == 0
     d = load_strict(out)
-    jsonschema.validate(d, B.report_schema())
+    jsonschema.validate(d, report_schema())
     assert [i["name"] for i in d["rows"][0]["images"]] == ["0801x4.png", "0802x4.png"]
     assert all(isinstance(i["psnr_y"], float) for i in d["rows"][0]["images"])
     assert all(isinstance(i["psnr_rgb"], float) and i["psnr_rgb"] != i["psnr_y"] for i in d["rows"][0]["images"])
@@ -171,7 +181,7 @@ def test_team26_on_set5_shows_rgb_and_y(
                "--backend", "torch", "--warmup", "0", "--repeat", "1", "--report", str(out)])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "PSNR RGB dB" in printed and "(challenge)" in printed and "30.3025" in printed and "32.1949" in printed
+    assert "PSNR RGB" in printed and "challenge)" in printed and "30.3025" in printed and "32.1949" in printed
     row = load_strict(out)["rows"][0]
     assert round(row["psnr_rgb_mean"], 4) == 30.3025 and round(row["psnr_y_mean"], 4) == 32.1949
 
@@ -300,3 +310,49 @@ def test_plot_needs_nothing_beyond_the_main_install() -> None:
     readme = (repo / "README.md").read_text()
     main_job = next(line for line in readme.splitlines() if "pip install" in line and "srdeploy bench" in line)
     assert "pip install -e . " in main_job  # the main job installs the core dependencies, matplotlib among them
+
+
+def _all_rows_report() -> BenchReport:
+    """--backend all with fixed times: one PSNR-less table with a speed-up column and skipped rows."""
+    return run_bench(
+        synthetic_images(4, 6, 2, seed=0),
+        load_bench_models(None, need_clb=True, seed=0),
+        BenchSettings(backend="all", warmup=0, repeat=1),
+        inputs={"kind": "synthetic", "count": 2, "description": "two [test] images"},
+        make=lambda plan, *_: FixedBackend(5.0 if plan.kind == "onnxruntime" else 10.0, plan.kind),
+        availability=lambda: {"torch": None, "onnxruntime": None, "openvino": "no", "tensorrt": "no GPU [here]"},
+        environment={"versions": {}},
+    )
+
+
+def _console_lines(table: Table) -> list[list[str]]:
+    """The console table as a user sees it, split into cells (wide enough that nothing wraps)."""
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None).print(table)
+    return [[c.strip() for c in line.strip()[1:-1].split(line.strip()[0])] for line in out.getvalue().splitlines()
+            if line.strip()[:1] in ("┃", "│")]  # fmt: skip
+
+
+def _markdown_lines(md: str) -> list[list[str]]:
+    table = md.split("\n\n")[next(i for i, part in enumerate(md.split("\n\n")) if part.startswith("| backend"))]
+    return [[c.strip() for c in line.strip()[1:-1].split("|")] for line in table.splitlines() if "---|" not in line]
+
+
+def test_console_and_markdown_tables_share_one_column_model() -> None:
+    report = _all_rows_report()
+    console = _console_lines(summary_table(report))
+    md = _markdown_lines(render_markdown(report))
+    assert console[0] == md[0]  # the same headers, units included
+    assert "warm p90 (ms)" in md[0] and not any("p99" in h for h in md[0]) and "speed-up" in md[0]
+    assert console[1:] == md[1:] and len(md) == len(report.rows) + 1  # every row's cells agree
+    skipped = next(line for line in md if line[0].startswith("tensorrt-fp32"))
+    assert skipped[1] == "skipped" and "no GPU [here]" in render_markdown(report)  # the reason is below the table
+
+
+def test_console_table_keeps_brackets_as_text() -> None:
+    """rich markup in a unit or a cell is shown as written, not interpreted."""
+    report = _all_rows_report()
+    columns = (Column("backend", "", lambda r: r.plan.key, align="left"), Column("odd", "[b]", lambda r: "[red]x"))
+    console = _console_lines(summary_table(report, columns))
+    assert console[0] == ["backend", "odd ([b])"]
+    assert console[1][1] == "[red]x"

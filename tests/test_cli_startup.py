@@ -89,3 +89,20 @@ def test_version_no_arguments_and_version_with_a_command() -> None:
     proc = _run("import sys; from sr_deploy.cli import main; sys.exit(main(sys.argv[1:]))", "--version", "info")
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.startswith("srdeploy: error: --version") and "\n" not in err
+
+
+def test_backend_and_precision_help_come_from_the_registry() -> None:
+    import typer
+
+    from sr_deploy.cli import build_app
+    from sr_deploy.runtime.registry import default_registry
+
+    registry = default_registry()
+    commands = typer.main.get_command(build_app()).commands  # type: ignore[attr-defined]
+    for name in ("eval", "upscale", "bench"):
+        params = {p.name: p for p in commands[name].params}
+        backend_help, precision_help = str(params["backend"].help), str(params["precision"].help)
+        for d in registry:
+            assert f"{d.name} ({'/'.join(d.precisions)})" in backend_help, name
+        assert all(p in precision_help for p in registry.precisions), name
+    assert "all (side by side)" in str({p.name: p for p in commands["bench"].params}["backend"].help)

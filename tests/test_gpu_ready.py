@@ -21,9 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from sr_deploy import bench as B
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
 from sr_deploy.archs.registry import build_model
+from sr_deploy.bench.measure import ImageResult, summarize_row
+from sr_deploy.bench.rows import RowPlan, plan_rows
+from sr_deploy.bench.run import BenchSettings, check_device_options
 from sr_deploy.cli import main as cli_main
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.runtime import factory
@@ -234,10 +236,10 @@ def test_factory_cuda_without_a_gpu_is_one_line(tiny: IMDN) -> None:
 
 # ----------------------------------------------------------------------------------------------- bench plumbing
 def test_plan_rows_add_graphs_and_compiled_rows_on_cuda_only() -> None:
-    cpu = [r.key for r in B.plan_rows("all", "fp32", best_precision="bf16")]
-    assert cpu == [r.key for r in B.plan_rows("all", "fp32", best_precision="bf16", device="cpu")]
+    cpu = [r.key for r in plan_rows("all", "fp32", best_precision="bf16")]
+    assert cpu == [r.key for r in plan_rows("all", "fp32", best_precision="bf16", device="cpu")]
     assert not any("graphs" in k or "compiled" in k for k in cpu)
-    cuda = B.plan_rows("all", "fp32", best_precision="fp16", device="cuda:0")
+    cuda = plan_rows("all", "fp32", best_precision="fp16", device="cuda:0")
     keys = [r.key for r in cuda]
     assert keys[keys.index("torch-best-fp16") + 1 : keys.index("torch-best-fp16") + 3] == [
         "torch-best-fp16-graphs",
@@ -245,34 +247,34 @@ def test_plan_rows_add_graphs_and_compiled_rows_on_cuda_only() -> None:
     ]
     rows = {r.key: r for r in cuda}
     assert rows["torch-best-fp16-graphs"].cuda_graphs and rows["torch-best-fp16-compiled"].compile_mode == "default"
-    single = B.plan_rows("torch", "fp16", best_precision="fp16", device="cuda", cuda_graphs=True)
+    single = plan_rows("torch", "fp16", best_precision="fp16", device="cuda", cuda_graphs=True)
     assert [(r.key, r.cuda_graphs) for r in single] == [("torch-fp16-graphs", True)]
-    compiled = B.plan_rows("torch", "fp16", best_precision="fp16", compile_mode="max-autotune-no-cudagraphs")
+    compiled = plan_rows("torch", "fp16", best_precision="fp16", compile_mode="max-autotune-no-cudagraphs")
     assert compiled[0].key == "torch-fp16-compiled" and "torch.compile" in compiled[0].title
 
 
 def test_bench_settings_check_the_options() -> None:
-    B.BenchSettings(backend="torch", cuda_graphs=True).validate()  # the device is checked later, once resolved
+    BenchSettings(backend="torch", cuda_graphs=True).validate()  # the device is checked later, once resolved
     with pytest.raises(SRDeployError, match=r"^--cuda-graphs: only the torch and tensorrt"):
-        B.BenchSettings(backend="onnxruntime", cuda_graphs=True).validate()
+        BenchSettings(backend="onnxruntime", cuda_graphs=True).validate()
     with pytest.raises(SRDeployError, match=r"^--compile: only the torch backend"):
-        B.BenchSettings(backend="tensorrt", compile_mode="default").validate()
+        BenchSettings(backend="tensorrt", compile_mode="default").validate()
     with pytest.raises(SRDeployError, match=r"^--compile 'x'"):
-        B.BenchSettings(compile_mode="x").validate()
-    assert B.BenchSettings(compile_mode="default").to_dict()["compile"] == "default"
+        BenchSettings(compile_mode="x").validate()
+    assert BenchSettings(compile_mode="default").to_dict()["compile"] == "default"
 
 
 def test_device_checks_need_the_resolved_device() -> None:
-    s = B.BenchSettings(device="cuda")
+    s = BenchSettings(device="cuda")
     with pytest.raises(MissingDependencyError, match=r"^--device cuda: no CUDA GPU is visible"):
-        B.check_device_options(s, "cuda", gpu=False)
-    B.check_device_options(s, "cuda", gpu=True)
-    graphs = B.BenchSettings(cuda_graphs=True)
+        check_device_options(s, "cuda", gpu=False)
+    check_device_options(s, "cuda", gpu=True)
+    graphs = BenchSettings(cuda_graphs=True)
     with pytest.raises(SRDeployError, match=r"^--cuda-graphs: CUDA graphs need a CUDA device.*cpu"):
-        B.check_device_options(graphs, "cpu", gpu=False)
-    B.check_device_options(graphs, "cuda:0", gpu=True)
+        check_device_options(graphs, "cpu", gpu=False)
+    check_device_options(graphs, "cuda:0", gpu=True)
     with pytest.raises(SRDeployError, match=r"^--device 'gpu'"):
-        B.check_device_options(B.BenchSettings(device="gpu"), "gpu", gpu=True)
+        check_device_options(BenchSettings(device="gpu"), "gpu", gpu=True)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
@@ -349,9 +351,9 @@ def test_gpu_check_gates_follow_the_cpu_rules(gpu_check: ModuleType) -> None:
 
 def _result(g: ModuleType, key: str, mean_ms: float, passed: bool = True, arch: str = "ntire:team26") -> Any:
     path = next(p for p in g.TORCH_PATHS if p.key == key)
-    row = B.summarize_row(
-        B.RowPlan(key, key, "torch", path.precision),
-        [B.ImageResult("a", (4, 4), (16, 16), mean_ms, mean_ms, [mean_ms], [mean_ms])],
+    row = summarize_row(
+        RowPlan(key, key, "torch", path.precision),
+        [ImageResult("a", (4, 4), (16, 16), mean_ms, mean_ms, [mean_ms], [mean_ms])],
         backend_info={},
         timing={},
     )

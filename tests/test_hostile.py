@@ -410,7 +410,7 @@ CASES = [
         "bench-plot-txt",
         f"{BENCH} --plot {W}/plot.txt",
         ("--plot", "plot.txt", ".png"),
-        setup=never_run("sr_deploy.bench", "run_bench"),
+        setup=never_run("sr_deploy.bench.run", "run_bench"),
     ),
     Case("train-plot-txt", f"train-plot {W}/run -o {W}/x.txt", ("-o", "x.txt", ".png")),
     Case(
@@ -439,7 +439,7 @@ CASES = [
         "bench-report-read-only-folder",
         f"{BENCH} --report {W}/out/r.json",
         ("--report", "cannot write"),
-        setup=both(make_dir("out"), read_only("out"), never_run("sr_deploy.bench", "run_bench")),
+        setup=both(make_dir("out"), read_only("out"), never_run("sr_deploy.bench.run", "run_bench")),
     ),
     Case(
         "upscale-read-only-output",
@@ -788,7 +788,7 @@ def test_memory_estimate_follows_the_architecture_and_the_size() -> None:
 
 
 def test_synthetic_bench_images_are_made_when_asked_for() -> None:
-    from sr_deploy.bench import MAX_SYNTHETIC_COUNT, SyntheticImages
+    from sr_deploy.bench.inputs import MAX_SYNTHETIC_COUNT, SyntheticImages
 
     images = SyntheticImages(5, 7, MAX_SYNTHETIC_COUNT, seed=3)  # nothing is made yet: no 10,000 arrays
     assert len(images) == MAX_SYNTHETIC_COUNT

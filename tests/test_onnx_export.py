@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sr_deploy import __version__
 from sr_deploy.archs.imdn import IMDN, IMDNSpec
 from sr_deploy.archs.registry import build_model
 from sr_deploy.checkpoints import save_weights
+from sr_deploy.compare import Comparison
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.export.onnx import (
     ExportGates,
@@ -265,13 +265,15 @@ def test_fp16_gates_name_the_worse_runtime_and_report_strict_json() -> None:
     finite check is yes/no; an identical output's infinite PSNR is null with the reason."""
     from sr_deploy.export.onnx import HALF_LABEL, ORT_LABEL, VerificationReport, _gates
 
+    ref = np.full((1, 3, 4, 4), 0.5)
+    half = ref + 10 ** (-70 / 20)  # 70 dB below a peak of 1
     r = VerificationReport(
-        "x", True, 1e-3, 1e-4, math.inf, True,
-        y_psnr_torch_fp32=32.0, y_psnr_onnx=31.99, psnr_db_torch_half=70.0, y_psnr_torch_half=31.995,
+        "x", True, Comparison().add(ref, ref), torch_half=Comparison().add(ref, half),
+        y_psnr_torch_fp32=32.0, y_psnr_onnx=31.99, y_psnr_torch_half=31.995,
     )  # fmt: skip
     r.gates.extend(_gates(r, "fp16", ExportGates()))
     finite, psnr, drop = r.gates
-    assert (psnr.value, psnr.source) == (70.0, HALF_LABEL) and psnr.passed
+    assert psnr.source == HALF_LABEL and psnr.value == pytest.approx(70.0) and psnr.passed
     assert drop.source == ORT_LABEL and drop.value == pytest.approx(0.01)
     assert finite.value_text() == "yes" and finite.describe() == "finite (no NaN/Inf) = yes (needs yes)"
     assert drop.describe() == "mean Y-PSNR drop vs fp32 (dB) = 0.01 (ONNX Runtime) (needs <= 0.02)"

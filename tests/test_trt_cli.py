@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from dataclasses import replace
 from pathlib import Path
@@ -10,15 +11,22 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from sr_deploy import trt_plan as tp
+from sr_deploy import trt_env
 from sr_deploy.archs.base import SRNet
 from sr_deploy.cli import main
 from sr_deploy.errors import MissingDependencyError, SRDeployError
 from sr_deploy.export import tensorrt as trt_export
+from sr_deploy.precision import Precision
 from sr_deploy.runtime import trt_backend
+from sr_deploy.trt_plan.engine_key import EngineKey, GpuInfo, engine_filename, sidecar_path
+from sr_deploy.trt_plan.gate import accuracy_gate, gate_inputs
+from sr_deploy.trt_plan.inspector import audit_precision, parse_inspector_json
+from sr_deploy.trt_plan.profiles import ProfilePlan, ShapeProfile, profile_from_flags, profiles_from_sizes
+from sr_deploy.trt_plan.sidecar import EngineSidecar, load_sidecar
+from sr_deploy.trt_plan.versions import TrtVersion, plan_precision
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trt"
-HAS_TRT = trt_export.tensorrt_version() is not None
+HAS_TRT = trt_env.tensorrt_version() is not None
 HAS_PYCUDA = importlib.util.find_spec("pycuda") is not None
 needs_trt = pytest.mark.skipif(not (HAS_TRT and HAS_PYCUDA), reason="needs TensorRT, pycuda and an NVIDIA GPU")
 
@@ -48,9 +56,9 @@ def test_stub_namespace_package_is_not_tensorrt() -> None:
         import tensorrt
 
         assert not hasattr(tensorrt, "Builder")
-    assert trt_export.tensorrt_version() is None
+    assert trt_env.tensorrt_version() is None
     with pytest.raises(MissingDependencyError, match=r"pip install 'srdeploy\[trt\]'"):
-        trt_export.require_tensorrt()
+        trt_env.require_tensorrt()
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
@@ -80,7 +88,11 @@ def test_runtime_backend_without_tensorrt_is_missing_dependency(tmp_path: Path) 
         (["--min", "1x3x64x64", "--opt", "1x3x100x100", "--max", "1x3x90x90"], "--opt 1x3x100x100 exceeds --max"),
         (["--opt", "1x3x64"], "--opt '1x3x64': expected NxCxHxW"),
         (["--min", "1x3x64x64", "--max", "1x3x90x90"], "--opt is required"),
-        (["--precision", "int4"], "--precision 'int4'"),  # int8 needs --onnx-int8: tests/test_trt_int8.py
+        (["--precision", "int4"], "--precision 'int4': expected one of fp32, fp16, int8, both"),
+        (
+            ["--route", "fast"],
+            "--route 'fast': expected one of plain, strongly-typed, builder-flag",
+        ),  # int8 needs --onnx-int8: tests/test_trt_int8.py
         (["--opt-level", "9"], "--opt-level 9: expected 0..5"),
         (["--workspace-gb", "0"], "--workspace-gb 0"),
         (["--weights", "w.pth"], "give --onnx M.onnx or --weights W"),
@@ -110,9 +122,62 @@ def test_resolve_profiles_default_and_folder(tmp_path: Path) -> None:
     default = trt_export.resolve_profiles(trt_export.ExportTrtRequest(onnx=Path("m.onnx")))
     # the default covers DIV2K x4 LR validation images in both orientations
     assert default.covers((1, 3, 339, 510)) and default.covers((1, 3, 510, 339))
-    req = trt_export.ExportTrtRequest(onnx=Path("m.onnx"), opt_shape="1x3x100x120")
-    (p,) = trt_export.resolve_profiles(req).profiles
-    assert p.min == p.opt == p.max == (1, 3, 100, 120)
+    static = ShapeProfile((1, 3, 100, 120), (1, 3, 100, 120), (1, 3, 100, 120))
+    req = trt_export.ExportTrtRequest(onnx=Path("m.onnx"), profile=static)
+    assert trt_export.resolve_profiles(req).profiles == (static,)
+
+
+def test_the_command_layer_hands_the_export_layer_typed_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], onnx_file: Path
+) -> None:
+    seen: list[trt_export.ExportTrtRequest] = []
+
+    def fake_export_trt(
+        request: trt_export.ExportTrtRequest, open_engine: trt_export.EngineOpener, console: Console | None = None
+    ) -> list[trt_export.BuildResult]:
+        seen.append(request)
+        return []
+
+    monkeypatch.setattr(trt_export, "export_trt", fake_export_trt)
+    args = ["--precision", "both", "--route", "builder-flag", "--min", "1x3x32x48", "--opt", "1x3x100x120"]
+    code, _ = _run(capsys, "--onnx", str(onnx_file), *args)
+    assert code == 0
+    (request,) = seen
+    assert request.precisions == ("fp32", "fp16") and request.options.route == "builder-flag"
+    assert request.profile == ShapeProfile((1, 3, 32, 48), (1, 3, 100, 120), (1, 3, 100, 120))
+    code, _ = _run(capsys, "--onnx", str(onnx_file), "--precision", "int8", "--onnx-int8", str(onnx_file))
+    assert code == 0 and seen[-1].precisions == ("int8",) and seen[-1].profile is None
+
+
+def test_the_export_layer_refuses_a_precision_tensorrt_does_not_build(onnx_file: Path) -> None:
+    # Typed, yet not every shared precision word: refused in one line before TensorRT is looked for.
+    with pytest.raises(SRDeployError, match=r"^--precision 'bf16': expected one of fp32, fp16, int8$"):
+        trt_export.export_trt(trt_export.ExportTrtRequest(onnx=onnx_file, precisions=("bf16",)), _no_engine)
+    with pytest.raises(SRDeployError, match="no precision to build"):
+        trt_export.export_trt(trt_export.ExportTrtRequest(onnx=onnx_file, precisions=()), _no_engine)
+
+
+FLAG_TEXT_PARSERS = {"expand_precisions", "parse_shape", "profile_from_flags", "parse_route"}
+
+
+def test_only_the_command_layer_parses_flag_text() -> None:
+    package = Path(trt_export.__file__).resolve().parents[1]
+    callers = set()
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith(("commands/", "trt_plan/")):
+            continue  # the command layer calls them; trt_plan defines them
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if name in FLAG_TEXT_PARSERS:
+                    callers.add(f"{rel}:{node.lineno} {name}")
+    assert callers == set()
+
+
+def _no_engine(blob: bytes, profiles: ProfilePlan, precision: Precision, *, source: str) -> trt_export.EngineUnderTest:
+    raise AssertionError("an engine was opened before the request was checked")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -169,7 +234,7 @@ def test_fp16_export_keeping_last_conv_fp32_is_still_fp16(tmp_path: Path) -> Non
 
 def test_fp16_plan_without_fp16_graph_says_what_to_pass(tmp_path: Path) -> None:
     graphs = trt_export.OnnxGraphs(fp32=tmp_path / "m.onnx")
-    plan = tp.plan_precision("fp16", tp.TrtVersion(11, 4, 0))
+    plan = plan_precision("fp16", TrtVersion(11, 4, 0))
     with pytest.raises(SRDeployError, match="needs the FP16 ONNX graph: pass --onnx-fp16"):
         graphs.for_plan(plan)
 
@@ -178,12 +243,12 @@ def test_ort_reference_feeds_the_gate(tmp_path: Path) -> None:
     from onnx import TensorProto
 
     fp32 = _tiny_onnx(tmp_path / "tiny.onnx", TensorProto.FLOAT)  # 1x1 conv of ones: sums the channels
-    plan = tp.profiles_from_sizes([(9, 14), (14, 9)], split=True)
-    inputs = tp.gate_inputs(plan)
+    plan = profiles_from_sizes([(9, 14), (14, 9)], split=True)
+    inputs = gate_inputs(plan)
     ref = trt_export.ort_reference_outputs(fp32, inputs)
     expected = [np.repeat(x.sum(axis=1, keepdims=True), 3, axis=1) for x in inputs]
-    assert tp.accuracy_gate(ref, expected, "fp32").passed
-    assert not tp.accuracy_gate(ref, [e + 0.01 for e in expected], "fp32").passed
+    assert accuracy_gate(ref, expected, "fp32").passed
+    assert not accuracy_gate(ref, [e + 0.01 for e in expected], "fp32").passed
 
 
 def test_unparseable_onnx_is_one_line(tmp_path: Path) -> None:
@@ -197,21 +262,21 @@ def test_unparseable_onnx_is_one_line(tmp_path: Path) -> None:
 # engine checks before deserializing (no TensorRT needed)
 # ------------------------------------------------------------------------------------------------------------------
 
-L4 = tp.GpuInfo("NVIDIA L4", "8.9")
+L4 = GpuInfo("NVIDIA L4", "8.9")
 
 
 def _engine_with_sidecar(tmp_path: Path, blob: bytes = b"serialized engine") -> Path:
     import hashlib
 
-    engine = tmp_path / tp.engine_filename("imdn-b7", "fp16", L4.name, "10.13.0.35")
+    engine = tmp_path / engine_filename("imdn-b7", "fp16", L4.name, "10.13.0.35")
     engine.write_bytes(blob)
-    report = tp.parse_inspector_json((FIXTURES / "inspector_10x_fp16.json").read_text())
-    sidecar = tp.EngineSidecar(
-        key=tp.EngineKey(
+    report = parse_inspector_json((FIXTURES / "inspector_10x_fp16.json").read_text())
+    sidecar = EngineSidecar(
+        key=EngineKey(
             onnx_sha256="a" * 64,
             precision="fp16",
             route="strongly-typed",
-            profiles=(tp.ShapeProfile((1, 3, 64, 64), (1, 3, 339, 510), (1, 3, 510, 510)),),
+            profiles=(ShapeProfile((1, 3, 64, 64), (1, 3, 339, 510), (1, 3, 510, 510)),),
             trt_version="10.13.0.35",
             gpu_name=L4.name,
             compute_capability=L4.compute_capability,
@@ -224,10 +289,10 @@ def _engine_with_sidecar(tmp_path: Path, blob: bytes = b"serialized engine") -> 
         build_seconds=1.0,
         built_at="2026-11-24T08:00:00+00:00",
         plan={},
-        audit=tp.audit_precision(report, "fp16"),
+        audit=audit_precision(report, "fp16"),
         gate=None,
     )
-    tp.sidecar_path(engine).write_text(sidecar.to_json())
+    sidecar_path(engine).write_text(sidecar.to_json())
     return engine
 
 
@@ -240,11 +305,11 @@ def test_engine_for_this_machine_is_accepted(tmp_path: Path) -> None:
     ("version", "gpu", "why"),
     [
         ("11.4.0.0", L4, "another TensorRT (10.13.0.35; this machine: 11.4.0.0)"),
-        ("10.13.0.35", tp.GpuInfo("NVIDIA H100 80GB HBM3", "9.0"), "another GPU"),
+        ("10.13.0.35", GpuInfo("NVIDIA H100 80GB HBM3", "9.0"), "another GPU"),
     ],
 )
 def test_engine_from_elsewhere_is_refused_before_deserializing(
-    tmp_path: Path, version: str, gpu: tp.GpuInfo, why: str
+    tmp_path: Path, version: str, gpu: GpuInfo, why: str
 ) -> None:
     engine = _engine_with_sidecar(tmp_path)
     with pytest.raises(SRDeployError, match="rebuild it here") as e:
@@ -257,7 +322,7 @@ def test_engine_without_sidecar_or_replaced_is_refused(tmp_path: Path) -> None:
     engine.write_bytes(b"another engine of other size")
     with pytest.raises(SRDeployError, match="does not match its sidecar"):
         trt_backend.check_engine_for_machine(engine, "10.13.0.35", L4)
-    tp.sidecar_path(engine).unlink()
+    sidecar_path(engine).unlink()
     with pytest.raises(SRDeployError, match=r"sidecar .* is missing"):
         trt_backend.check_engine_for_machine(engine, "10.13.0.35", L4)
     with pytest.raises(SRDeployError, match="not found"):
@@ -288,18 +353,18 @@ class _FakeStream:
 
     def begin_capture(self) -> None: ...
 
-    def end_capture(self) -> trt_backend.PcGraph:
+    def end_capture(self) -> trt_env.PcGraph:
         raise NotImplementedError
 
 
 class _FakeEvent:
-    def record(self, stream: trt_backend.PcStream) -> _FakeEvent:
+    def record(self, stream: trt_env.PcStream) -> _FakeEvent:
         return self
 
     def synchronize(self) -> _FakeEvent:
         return self
 
-    def time_since(self, start: trt_backend.PcEvent) -> float:
+    def time_since(self, start: trt_env.PcEvent) -> float:
         return 0.0
 
 
@@ -311,7 +376,7 @@ class _FakeDriver:
     def Event(self) -> _FakeEvent:
         return _FakeEvent()
 
-    def Device(self, ordinal: int) -> trt_backend.PcDevice:
+    def Device(self, ordinal: int) -> trt_env.PcDevice:
         raise NotImplementedError
 
     def mem_alloc(self, nbytes: int) -> _FakeAlloc:
@@ -320,10 +385,10 @@ class _FakeDriver:
     def pagelocked_empty(self, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
 
-    def memcpy_htod_async(self, dest: _FakeAlloc, src: np.ndarray, stream: trt_backend.PcStream) -> None:
+    def memcpy_htod_async(self, dest: _FakeAlloc, src: np.ndarray, stream: trt_env.PcStream) -> None:
         dest.mem[: src.nbytes] = src.view(np.uint8)
 
-    def memcpy_dtoh_async(self, dest: np.ndarray, src: _FakeAlloc, stream: trt_backend.PcStream) -> None:
+    def memcpy_dtoh_async(self, dest: np.ndarray, src: _FakeAlloc, stream: trt_env.PcStream) -> None:
         dest.view(np.uint8)[:] = src.mem[: dest.nbytes]
 
 
@@ -350,9 +415,9 @@ def test_results_table_shows_audited_precision_and_gate(tmp_path: Path) -> None:
     from sr_deploy.commands.tensorrt import results_table
 
     engine = _engine_with_sidecar(tmp_path)
-    sidecar = tp.load_sidecar(engine)
+    sidecar = load_sidecar(engine)
     ref = [np.zeros((1, 3, 8, 8), dtype=np.float32)]
-    gate = tp.accuracy_gate(ref, [r + 1e-3 for r in ref], "fp16")
+    gate = accuracy_gate(ref, [r + 1e-3 for r in ref], "fp16")
     result = trt_export.BuildResult("fp16", engine, replace(sidecar, gate=gate), reused=False)
     console = Console(width=200, record=True)
     console.print(results_table([result]))
@@ -374,11 +439,13 @@ def test_build_and_run_tiny_engine(tmp_path: Path) -> None:
     from onnx import TensorProto
 
     fp32 = _tiny_onnx(tmp_path / "tiny.onnx", TensorProto.FLOAT)
-    profiles = tp.ProfilePlan((tp.profile_from_flags("1x3x8x8", "1x3x16x16", "1x3x32x32"),), "test")
+    profiles = ProfilePlan((profile_from_flags("1x3x8x8", "1x3x16x16", "1x3x32x32"),), "test")
     options = trt_export.BuildOptions(engines_dir=tmp_path / "engines", progress=False)
-    (result,) = trt_export.build_engines(trt_export.OnnxGraphs(fp32=fp32), "tiny", ["fp32"], profiles, options)
+    graphs = trt_export.OnnxGraphs(fp32=fp32)
+    opener = trt_backend.TensorRTBackend.from_serialized
+    (result,) = trt_export.build_engines(graphs, "tiny", ["fp32"], profiles, options, opener)
     assert result.sidecar.audit.ok and result.sidecar.gate is not None and result.sidecar.gate.passed
-    again = trt_export.build_engines(trt_export.OnnxGraphs(fp32=fp32), "tiny", ["fp32"], profiles, options)
+    again = trt_export.build_engines(graphs, "tiny", ["fp32"], profiles, options, opener)
     assert again[0].reused
     backend = trt_backend.TensorRTBackend(result.engine_path)
     x = np.random.default_rng(0).random((1, 3, 13, 29), dtype=np.float32)

@@ -14,7 +14,12 @@ from sr_deploy.errors import SRDeployError
 
 if TYPE_CHECKING:
     from sr_deploy.archs.spec import ArchSpec
-    from sr_deploy.bench import BenchImage, BenchModels, BenchReport, BenchSettings, ProgressHook
+    from sr_deploy.bench.inputs import BenchImage
+    from sr_deploy.bench.measure import ProgressHook
+    from sr_deploy.bench.models import BenchModels
+    from sr_deploy.bench.render import Column
+    from sr_deploy.bench.report import BenchReport
+    from sr_deploy.bench.run import BenchSettings
 
 #: Enough synthetic images for a stable mean without making a CPU run take minutes.
 _DEFAULT_SYNTHETIC_COUNT = 10
@@ -45,7 +50,7 @@ def _inputs(
     """Decode the inputs (never timed; synthetic ones are made as they are timed) and describe them for the
     report."""
     from sr_deploy.archs.registry import arch_of
-    from sr_deploy.bench import SyntheticImages, load_bench_images
+    from sr_deploy.bench.inputs import SyntheticImages, load_bench_images
     from sr_deploy.shapes import check_min_size, parse_hw
 
     scale = spec.scale
@@ -87,51 +92,28 @@ def _inputs(
     }
 
 
-def _db(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else ""
+def summary_table(report: BenchReport, columns: tuple[Column, ...] | None = None) -> Table:
+    """The backend table for the console, from the same column model (and cells) as the markdown table."""
+    from rich.markup import escape
+
+    from sr_deploy.bench.render import row_cells, table_columns
+
+    cols = columns if columns is not None else table_columns(report)
+    table = Table(title=escape(f"{report.model['arch']} x{report.model['scale']}: {report.inputs['description']}"))
+    for c in cols:
+        # min_width keeps "(dB, challenge)" whole when the table is squeezed: it says which PSNR the challenge
+        # ranks by. Headers and cells are escaped: a "[" in a unit or a key is text, not rich markup.
+        table.add_column(escape(c.header), justify=c.align, no_wrap=c.align == "left", min_width=11 if c.note else None)
+    for r in report.rows:
+        cells = [escape(cell) for cell in row_cells(report, r, cols)]
+        if not r.ok:
+            cells[1] = f"[dim]{cells[1]}[/dim]"
+        table.add_row(*cells)
+    return table
 
 
 def _print_summary(report: BenchReport, console: Console) -> None:
-    show_psnr = any(r.psnr_y_mean is not None for r in report.rows)
-    table = Table(title=f"{report.model['arch']} x{report.model['scale']}: {report.inputs['description']}")
-    cols = [
-        "backend",
-        "challenge mean ms",
-        "cold first ms",
-        "warm median ms",
-        "warm p99 ms",
-        "e2e median ms",
-        "MP/s",
-        "speed-up",
-        "verdict",
-    ] + (["PSNR RGB dB (challenge)", "PSNR Y dB"] if show_psnr else [])
-    # The speed-up is over the challenge's way (torch eager fp32), which only `--backend all` measures.
-    keep = [c != "speed-up" or any(r.speedup is not None for r in report.rows) for c in cols]
-    cols = [c for c, k in zip(cols, keep, strict=True) if k]
-    for c in cols:
-        # min_width keeps "(challenge)" whole when the table is squeezed: it says which PSNR the challenge ranks by.
-        table.add_column(
-            c,
-            justify="left" if c == "backend" else "right",
-            no_wrap=c == "backend",
-            min_width=11 if "RGB" in c else None,
-        )
-    for r in report.rows:
-        if not r.ok or r.challenge is None or r.warm is None or r.warm_end_to_end is None:
-            table.add_row(r.plan.key, f"[dim]{r.status}[/dim]", *[""] * (len(cols) - 2))
-            continue
-        cells = [
-            r.plan.key,
-            f"{r.challenge.mean_ms:.2f}",
-            f"{r.challenge.cold_first_ms:.2f}",
-            f"{r.warm.median_ms:.2f}",
-            f"{r.warm.p99_ms:.2f}",
-            f"{r.warm_end_to_end.median_ms:.2f}",
-            f"{r.throughput_mpix_s:.2f}" if r.throughput_mpix_s is not None else "",
-            f"{r.speedup:.2f}x" if r.speedup is not None else "",
-            f"{r.verdict.status} {r.verdict.ratio:.2f}x" if r.verdict else "",
-        ] + ([_db(r.psnr_rgb_mean), _db(r.psnr_y_mean)] if show_psnr else [])
-        table.add_row(*[c for c, k in zip(cells, keep, strict=True) if k])
+    table = summary_table(report)
     console.print(table)
     # Reasons go below the table, unwrapped: they say what to install, and a narrow cell would mangle that.
     for r in report.rows:
@@ -141,6 +123,18 @@ def _print_summary(report: BenchReport, console: Console) -> None:
         if note.startswith("No --weights"):
             continue  # already said on stderr before the run started
         console.print(f"note: {note}", soft_wrap=True, highlight=False)
+
+
+def _backend_help() -> str:
+    from sr_deploy.runtime.registry import default_registry
+
+    return default_registry().backend_help("all (side by side)")
+
+
+def _precision_help() -> str:
+    from sr_deploy.runtime.registry import default_registry
+
+    return default_registry().precision_help("with --onnx") + " Ignored by --backend all."
 
 
 def register(app: typer.Typer) -> None:
@@ -156,12 +150,8 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[
             str | None, typer.Option(help="Checkpoint (.safetensors, .pth, ntire:team26); default: random imdn-b7.")
         ] = None,
-        backend: Annotated[
-            str, typer.Option(help="auto, torch, onnxruntime, openvino, tensorrt, or all (side by side).")
-        ] = "auto",
-        precision: Annotated[
-            str, typer.Option(help="fp32, fp16, bf16, or int8 with --onnx (ignored by --backend all).")
-        ] = "fp32",
+        backend: Annotated[str, typer.Option(help=_backend_help())] = "auto",
+        precision: Annotated[str, typer.Option(help=_precision_help())] = "fp32",
         int8_onnx: Annotated[
             Path | None,
             typer.Option(
@@ -213,16 +203,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> int:
         """Time x4 upscaling the NTIRE 2022 ESR way (forward only, first image counted) against the budget."""
-        from sr_deploy.bench import (
+        from sr_deploy.bench.models import load_bench_models
+        from sr_deploy.bench.render import render_markdown, require_matplotlib, write_plot
+        from sr_deploy.bench.run import (
             BenchSettings,
             check_backend_available,
             check_device_options,
-            load_bench_models,
             random_weights_note,
-            render_markdown,
-            require_matplotlib,
             resolve_device,
-            write_plot,
         )
         from sr_deploy.fileio import (
             check_output_path,
@@ -325,7 +313,7 @@ def _run_with_progress(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sr_deploy.bench import run_bench
+    from sr_deploy.bench.run import run_bench
 
     lines = not quiet and not err.is_terminal
     started: dict[str, float] = {}

@@ -41,7 +41,7 @@ def _progress(total: int, what: str) -> Iterator[tuple[Callable[[str], None], Ca
         yield (lambda name: progress.update(task, advance=1, name=name)), note
 
 
-_PRECISION_HELP = "fp32, fp16, bf16, or int8 (with --onnx, the graph srdeploy quantize wrote)."
+_INT8_NOTE = "(with --onnx, the graph srdeploy quantize wrote)"
 _ONNX_HELP = "--precision int8: the int8 Q/DQ graph (made for these weights by srdeploy quantize)."
 
 
@@ -49,10 +49,9 @@ def _open_backend(
     kind: str, weights: str, scale: int | None, precision: str = "fp32", onnx: Path | None = None
 ) -> tuple[Backend, ArchSpec, str]:
     """(backend, spec, sha256) for the deploy form of `weights`; `onnx` is the int8 graph for --precision int8."""
-    from sr_deploy.runtime.base import BACKEND_KINDS
+    from sr_deploy.runtime.registry import default_registry
 
-    if kind not in BACKEND_KINDS:
-        raise SRDeployError(f"--backend {kind!r}: expected one of {', '.join(BACKEND_KINDS)}")
+    default_registry().check_kind(kind)  # before loading any weights
     from sr_deploy.checkpoints import load_model
     from sr_deploy.runtime.factory import graph_cache, make_backend
 
@@ -132,6 +131,18 @@ def _failures_line(failures: dict[str, str]) -> str:
     return f"{len(failures)} image(s) failed: " + "; ".join(named)
 
 
+def _backend_help() -> str:
+    from sr_deploy.runtime.registry import default_registry
+
+    return default_registry().backend_help()
+
+
+def _precision_help() -> str:
+    from sr_deploy.runtime.registry import default_registry
+
+    return default_registry().precision_help(_INT8_NOTE)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
@@ -141,9 +152,9 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Folder of LR images; without it LR is made with MATLAB bicubic.")
         ] = None,
         scale: Annotated[int | None, typer.Option(help="Expected scale (checked against the weights).")] = None,
-        backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime, openvino or tensorrt.")] = "auto",
+        backend: Annotated[str, typer.Option(help=_backend_help())] = "auto",
         json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
-        precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = "fp32",
+        precision: Annotated[str, typer.Option(help=_precision_help())] = "fp32",
         onnx: Annotated[Path | None, typer.Option("--onnx", help=_ONNX_HELP)] = None,
     ) -> None:
         """PSNR (RGB, Y) and SSIM (Y) per image and on average, as the challenge computes them."""
@@ -197,9 +208,9 @@ def register(app: typer.Typer) -> None:
         tile_overlap: Annotated[
             int | None, typer.Option(help="LR overlap per side; default: the model's receptive radius (exact).")
         ] = None,
-        backend: Annotated[str, typer.Option(help="auto, torch, onnxruntime, openvino or tensorrt.")] = "auto",
+        backend: Annotated[str, typer.Option(help=_backend_help())] = "auto",
         fmt: Annotated[str, typer.Option("--format", help="png, or same (keep each input's format).")] = "png",
-        precision: Annotated[str, typer.Option(help=_PRECISION_HELP)] = "fp32",
+        precision: Annotated[str, typer.Option(help=_precision_help())] = "fp32",
         onnx: Annotated[Path | None, typer.Option("--onnx", help=_ONNX_HELP)] = None,
         overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
         inexact_tiles: Annotated[

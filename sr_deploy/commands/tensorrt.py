@@ -1,4 +1,5 @@
-"""`srdeploy export-trt`: parse flags, call sr_deploy.export.tensorrt.export_trt, print a table per engine."""
+"""`srdeploy export-trt`: turn the flags' text into typed values, call sr_deploy.export.tensorrt.export_trt with the
+runtime's engine opener, print a table per engine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from sr_deploy.export.tensorrt import BuildResult
+    from sr_deploy.trt_plan.profiles import ShapeProfile
 
 
 def _fraction(value: float) -> str:
@@ -46,6 +48,15 @@ def results_table(results: list[BuildResult]) -> Table:
             str(r.engine_path),
         )
     return table
+
+
+def profile_from_shape_flags(min_text: str | None, opt_text: str | None, max_text: str | None) -> ShapeProfile | None:
+    """--min/--opt/--max as one profile; None when none is given (the profile then comes from elsewhere)."""
+    from sr_deploy.trt_plan.profiles import profile_from_flags
+
+    if min_text is None and opt_text is None and max_text is None:
+        return None
+    return profile_from_flags(min_text, opt_text, max_text)
 
 
 def register(app: typer.Typer) -> None:
@@ -106,7 +117,9 @@ def register(app: typer.Typer) -> None:
         a matching engine is reused, a stale one rebuilt with the reason printed.
         """
         from sr_deploy.export.tensorrt import BuildOptions, ExportTrtRequest, export_trt
-        from sr_deploy.trt_plan import GateThresholds
+        from sr_deploy.runtime.trt_backend import TensorRTBackend
+        from sr_deploy.trt_plan.gate import GateThresholds
+        from sr_deploy.trt_plan.versions import expand_precisions, parse_route
 
         console = Console()
         options = BuildOptions(
@@ -114,7 +127,7 @@ def register(app: typer.Typer) -> None:
             workspace_gb=workspace_gb,
             opt_level=opt_level,
             rebuild=rebuild,
-            route=route,
+            route=None if route is None else parse_route(route),
             thresholds=GateThresholds(fp32_max_abs=fp32_max_abs, fp16_min_psnr_db=fp16_min_psnr),
             progress=not no_progress,
         )
@@ -122,16 +135,14 @@ def register(app: typer.Typer) -> None:
             onnx=onnx,
             onnx_fp16=onnx_fp16,
             weights=weights,
-            precision=precision,
-            min_shape=min_shape,
-            opt_shape=opt_shape,
-            max_shape=max_shape,
+            precisions=expand_precisions(precision),
+            profile=profile_from_shape_flags(min_shape, opt_shape, max_shape),
             profile_from=profile_from,
             split_orientation=split_orientation,
             options=options,
             onnx_int8=onnx_int8,
         )
-        results = export_trt(request, console)
+        results = export_trt(request, TensorRTBackend.from_serialized, console)
         for r in results:
             if r.rebuild_reasons:
                 console.print(f"{r.engine_path.name}: rebuilt because {'; '.join(r.rebuild_reasons)}")

@@ -39,6 +39,7 @@ from sr_deploy import __version__
 from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.registry import arch_of, check_precision_supported, spec_from_json
 from sr_deploy.archs.spec import ArchSpec
+from sr_deploy.compare import Comparison, Tolerance, check, output_to_uint8_rgb, psnr_vs_hr
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import atomic_path, check_output_path, db_or_null, read_error, sha256_file
 from sr_deploy.fusion import collapse_verified
@@ -79,6 +80,11 @@ _ONNX_DTYPES: dict[int, str] = {int(onnx.TensorProto.FLOAT): "float32", int(onnx
 
 def _dtype_name(elem_type: int) -> str:
     return _ONNX_DTYPES.get(int(elem_type), f"onnx type {elem_type}")
+
+
+#: Names of the two fp16 runtimes the gates compare, as the report and the table print them.
+ORT_LABEL = "ONNX Runtime"
+HALF_LABEL = "torch half"
 
 
 # ---------------------------------------------------------------------------------------------- reports
@@ -146,6 +152,12 @@ class ExportGates:
             "fp16_max_y_psnr_drop_db": self.fp16_max_y_psnr_drop_db,
         }
 
+    def tolerance(self, precision: Precision) -> Tolerance:
+        """The bound on an export's output against torch FP32: max abs for fp32, PSNR for fp16."""
+        if precision == "fp32":
+            return Tolerance(max_abs=self.fp32_max_abs)
+        return Tolerance(min_psnr_db=self.fp16_min_psnr_db)
+
 
 @dataclass(frozen=True)
 class ReferenceImage:
@@ -162,18 +174,40 @@ class VerificationReport:
 
     inputs: str  # "Set5 (5 images)" or "random (2 inputs, seed 0)"
     real_images: bool
-    max_abs: float
-    mean_abs: float
-    psnr_db: float  # ONNX vs torch FP32 output, peak 1.0, unclamped outputs
-    finite: bool
+    onnx: Comparison  # ONNX Runtime vs torch FP32 output, peak 1.0, unclamped outputs
     y_psnr_torch_fp32: float | None = None  # mean Y-PSNR against HR (when HR images were given)
     y_psnr_onnx: float | None = None
     # FP16 only: the same graph run by torch in real half arithmetic on the CPU. ONNX Runtime's CPU provider
     # has no FP16 Conv on x86 and computes it in FP32 from FP16 weights, which flatters FP16 by ~7 dB; TensorRT
     # and torch really compute in half, so the gates take the worse of the two.
-    psnr_db_torch_half: float | None = None
+    torch_half: Comparison | None = None
     y_psnr_torch_half: float | None = None
     gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def max_abs(self) -> float:
+        return self.onnx.max_abs
+
+    @property
+    def mean_abs(self) -> float:
+        return self.onnx.mean_abs
+
+    @property
+    def psnr_db(self) -> float:
+        return self.onnx.psnr_db
+
+    @property
+    def psnr_db_torch_half(self) -> float | None:
+        return None if self.torch_half is None else self.torch_half.psnr_db
+
+    @property
+    def finite(self) -> bool:
+        return not (self.onnx.nonfinite or (self.torch_half is not None and self.torch_half.nonfinite))
+
+    def comparisons(self) -> dict[str, Comparison]:
+        """Each runtime's comparison against torch FP32, by the label the gates name it with."""
+        both = {ORT_LABEL: self.onnx, HALF_LABEL: self.torch_half}
+        return {k: v for k, v in both.items() if v is not None}
 
     @property
     def passed(self) -> bool:
@@ -613,52 +647,13 @@ def default_reference_folder() -> Path | None:
 
 
 def to_uint8_rgb(out: np.ndarray) -> np.ndarray:
-    """1x3xHxW float output -> HxWx3 uint8, the protocol's clamp, x255, round."""
-    arr = np.clip(out[0].astype(np.float64), 0.0, 1.0).transpose(1, 2, 0) * 255.0
-    rgb: np.ndarray = np.round(arr).astype(np.uint8)
-    return rgb
+    """Kept for older importers: `sr_deploy.compare.output_to_uint8_rgb`."""
+    return output_to_uint8_rgb(out)
 
 
 def y_psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
-    """Y-PSNR of uint8 RGB images (BT.601, MATLAB rgb2ycbcr rounding, crop border, MAX 255)."""
-    from sr_deploy.imaging.metrics import psnr
-
-    return psnr(sr, hr, crop_border=crop_border, y_channel=True)
-
-
-class _ErrorStats:
-    """Running max/mean/MSE of candidate - reference over several outputs, plus their Y-PSNRs."""
-
-    def __init__(self) -> None:
-        self.max_abs = 0.0
-        self.sum_abs = 0.0
-        self.sum_sq = 0.0
-        self.count = 0
-        self.finite = True
-        self.y: list[float] = []
-
-    def add(self, got: np.ndarray, expected: np.ndarray, hr: np.ndarray | None, border: int) -> None:
-        self.finite = self.finite and bool(np.isfinite(got).all())
-        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-        self.max_abs = max(self.max_abs, float(np.nan_to_num(diff, nan=np.inf).max()))
-        self.sum_abs += float(diff.sum())
-        self.sum_sq += float((diff**2).sum())
-        self.count += diff.size
-        if hr is not None:
-            self.y.append(y_psnr(to_uint8_rgb(got), hr, border))
-
-    @property
-    def mean_abs(self) -> float:
-        return self.sum_abs / max(self.count, 1)
-
-    @property
-    def psnr_db(self) -> float:
-        mse = self.sum_sq / max(self.count, 1)
-        return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-    @property
-    def mean_y(self) -> float | None:
-        return float(np.mean(self.y)) if self.y else None
+    """Kept for older importers: the Y figure of `sr_deploy.compare.psnr_vs_hr` (uint8 RGB `sr`)."""
+    return psnr_vs_hr(sr, hr, crop_border).y_db
 
 
 def verify_onnx(
@@ -688,7 +683,10 @@ def verify_onnx(
     in_dtype = np.float16 if "float16" in sess.get_inputs()[0].type else np.float32
     border = model.spec.scale
     fp32_y: list[float] = []
-    onnx_stats, half_stats = _ErrorStats(), _ErrorStats()
+    onnx_y: list[float] = []
+    half_y: list[float] = []
+    onnx_cmp = Comparison()
+    half_cmp = Comparison() if half_graph is not None else None
     for ref in references:
         lr32 = np.ascontiguousarray(ref.lr, dtype=np.float32)
         with torch.inference_mode():
@@ -696,48 +694,48 @@ def verify_onnx(
         got = np.asarray(sess.run([OUTPUT_NAME], {INPUT_NAME: lr32.astype(in_dtype)})[0]).astype(np.float32)
         if got.shape != expected.shape:
             raise GateFailedError(f"ONNX output shape {got.shape} != torch's {expected.shape} on {ref.name}")
-        onnx_stats.add(got, expected, ref.hr, border)
+        onnx_cmp.add(expected, got)
         if ref.hr is not None:
-            fp32_y.append(y_psnr(to_uint8_rgb(expected), ref.hr, border))
-        if half_graph is not None:
+            fp32_y.append(psnr_vs_hr(expected, ref.hr, border).y_db)
+            onnx_y.append(psnr_vs_hr(got, ref.hr, border).y_db)
+        if half_graph is not None and half_cmp is not None:
             with torch.inference_mode():
                 half = half_graph(torch.from_numpy(lr32.astype(in_dtype))).float().numpy()
-            half_stats.add(half, expected, ref.hr, border)
+            half_cmp.add(expected, half)
+            if ref.hr is not None:
+                half_y.append(psnr_vs_hr(half, ref.hr, border).y_db)
     report = VerificationReport(
         inputs=label,
         real_images=real_images,
-        max_abs=onnx_stats.max_abs,
-        mean_abs=onnx_stats.mean_abs,
-        psnr_db=onnx_stats.psnr_db,
-        finite=onnx_stats.finite and half_stats.finite,
-        y_psnr_torch_fp32=float(np.mean(fp32_y)) if fp32_y else None,
-        y_psnr_onnx=onnx_stats.mean_y,
-        psnr_db_torch_half=half_stats.psnr_db if half_graph is not None else None,
-        y_psnr_torch_half=half_stats.mean_y if half_graph is not None else None,
+        onnx=onnx_cmp,
+        y_psnr_torch_fp32=_mean_or_none(fp32_y),
+        y_psnr_onnx=_mean_or_none(onnx_y),
+        torch_half=half_cmp,
+        y_psnr_torch_half=_mean_or_none(half_y),
     )
     report.gates.extend(_gates(report, precision, gates))
     return report
 
 
-#: Names of the two fp16 runtimes the gates compare, as the report and the table print them.
-ORT_LABEL = "ONNX Runtime"
-HALF_LABEL = "torch half"
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _gates(r: VerificationReport, precision: Precision, g: ExportGates) -> list[GateResult]:
     finite = GateResult("finite (no NaN/Inf)", 1.0 if r.finite else 0.0, 1.0, r.finite, "is")
+    tol = g.tolerance(precision)
+    checks = {k: check(c, tol, k) for k, c in r.comparisons().items()}
     if precision == "fp32":
-        return [
-            finite,
-            GateResult("max abs vs torch fp32", r.max_abs, g.fp32_max_abs, r.max_abs <= g.fp32_max_abs, "<="),
-        ]
+        ort = checks[ORT_LABEL]
+        return [finite, GateResult("max abs vs torch fp32", r.max_abs, g.fp32_max_abs, ort.passed, "<=")]
     # The gates take the worse of ONNX Runtime and torch half (see VerificationReport) and say which it was.
-    psnrs = {k: v for k, v in ((ORT_LABEL, r.psnr_db), (HALF_LABEL, r.psnr_db_torch_half)) if v is not None}
-    worst_src = min(psnrs, key=lambda k: psnrs[k])
-    worst = psnrs[worst_src]
+    worst_src = min(checks, key=lambda k: checks[k].comparison.psnr_db)
+    worst = checks[worst_src]
     out = [
         finite,
-        GateResult("PSNR vs torch fp32 (dB)", worst, g.fp16_min_psnr_db, worst >= g.fp16_min_psnr_db, ">=", worst_src),
+        GateResult(
+            "PSNR vs torch fp32 (dB)", worst.comparison.psnr_db, g.fp16_min_psnr_db, worst.passed, ">=", worst_src
+        ),
     ]
     ys = {k: v for k, v in ((ORT_LABEL, r.y_psnr_onnx), (HALF_LABEL, r.y_psnr_torch_half)) if v is not None}
     if r.y_psnr_torch_fp32 is not None and ys:

@@ -1,14 +1,17 @@
 """The thin TensorRT builder: carries out what `sr_deploy.trt_plan` decides, for TensorRT 10.x and 11.x.
 
-`tensorrt` is imported lazily inside functions, so this module imports (and its logic is testable) anywhere.
-Availability is judged from a real attribute (`tensorrt.Builder`, `tensorrt.__version__`), never from
-`import tensorrt` succeeding: the `tensorrt-stubs` package makes that import succeed as an empty namespace.
+`tensorrt` is imported lazily inside functions, so this module imports (and its logic is testable) anywhere; whether
+TensorRT, pycuda and a GPU are there is `sr_deploy.trt_env`'s question. The builder never imports the runtime: it is
+handed an `EngineOpener` (the runtime's `TensorRTBackend.from_serialized`) to run each new engine through its audit
+and gate, and the runtime composes "build a model's engine, then open it" (`runtime.trt_backend.backend_for_model`).
 
 One engine per precision:
 parse the ONNX (errors name the node) -> network flags from the precision plan -> profile(s), workspace limit,
 optimization level, DETAILED profiling verbosity, timing cache per (TensorRT version, GPU), progress bar ->
 serialize -> inspector JSON -> precision audit -> accuracy gate against ONNX Runtime FP32 -> engine + sidecar,
 written atomically. A matching cached engine is reused; a stale one is rebuilt, saying why.
+
+The request takes typed values (precisions, shapes): flag text is parsed in `sr_deploy.commands.tensorrt`.
 """
 
 from __future__ import annotations
@@ -19,37 +22,44 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
+from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import sha256_file, write_bytes_atomic, write_text_atomic
-from sr_deploy.trt_plan import (
+from sr_deploy.precision import Precision, parse_precision
+from sr_deploy.trt_env import detect_gpu, require_tensorrt
+from sr_deploy.trt_plan.engine_key import (
     EngineKey,
-    EngineSidecar,
-    GateReport,
-    GateThresholds,
     GpuInfo,
-    Precision,
-    PrecisionAudit,
-    PrecisionPlan,
-    ProfilePlan,
-    accuracy_gate,
-    audit_int8,
-    audit_precision,
-    cache_decision,
-    check_profile_against_model,
     engine_filename,
-    gate_inputs,
-    load_sidecar,
-    parse_inspector_json,
-    parse_trt_version,
-    plan_precision,
+    model_name_from_onnx,
     sidecar_path,
-    suggest_workspace_gb,
     timing_cache_filename,
 )
+from sr_deploy.trt_plan.gate import GateReport, GateThresholds, accuracy_gate, gate_inputs
+from sr_deploy.trt_plan.inspector import PrecisionAudit, audit_int8, audit_precision, parse_inspector_json
+from sr_deploy.trt_plan.profiles import (
+    ProfilePlan,
+    Shape4,
+    ShapeProfile,
+    check_profile_against_model,
+    check_profiles_min_size,
+    default_profile_plan,
+    image_sizes_in_folder,
+    profiles_from_sizes,
+)
+from sr_deploy.trt_plan.sidecar import EngineSidecar, cache_decision, load_sidecar
+from sr_deploy.trt_plan.versions import (
+    TRT_FLOAT_PRECISIONS,
+    TRT_PRECISIONS,
+    PrecisionPlan,
+    Route,
+    parse_trt_version,
+    plan_precision,
+)
+from sr_deploy.trt_plan.workspace import suggest_workspace_gb
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -57,37 +67,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from sr_deploy.archs.base import SRNet
+    from sr_deploy.export.onnx import Precision as OnnxPrecision
 
-TRT_MISSING = "TensorRT is not installed: pip install 'srdeploy[trt]' on a machine with an NVIDIA GPU"
 MAX_OPT_LEVEL = 5
 # Words TensorRT uses when tactics or the whole build failed for lack of scratch memory.
 _MEMORY_WORDS = ("workspace", "out of memory", "insufficient memory", "memory allocation", "scratch")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Availability
-# --------------------------------------------------------------------------------------------------------------
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT's version, or None when only the stubs (or nothing) are installed."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    if not hasattr(trt, "Builder"):  # the stubs' namespace package has no attributes at run time
-        return None
-    version = getattr(trt, "__version__", None)
-    return version if isinstance(version, str) else None
-
-
-def require_tensorrt() -> str:
-    """The TensorRT version, or MissingDependencyError with the one line that says how to get it."""
-    version = tensorrt_version()
-    if version is None:
-        raise MissingDependencyError(TRT_MISSING)
-    parse_trt_version(version)  # refuses TensorRT < 10 with its own line
-    return version
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,7 +120,7 @@ class BuildOptions:
     workspace_gb: float = 4.0
     opt_level: int = 3
     rebuild: bool = False
-    route: str | None = None  # fp16 only: "strongly-typed" (default) or "builder-flag" (10.x)
+    route: Route | None = None  # fp16 and int8: "strongly-typed" (default) or "builder-flag" (10.x)
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     progress: bool = True
 
@@ -179,6 +163,34 @@ class BuildResult:
         }
 
 
+class EngineUnderTest(Protocol):
+    """A new engine, opened to be audited and gated before it is written (the runtime's TensorRTBackend is one)."""
+
+    @property
+    def engine(self) -> trt.ICudaEngine: ...
+
+    @property
+    def context(self) -> trt.IExecutionContext: ...
+
+    @property
+    def io_names(self) -> dict[str, str]: ...
+
+    def prepare(self, max_shape: Shape4) -> None: ...
+
+    def bind_shape(self, shape: Shape4) -> None: ...
+
+    def run(self, lr: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class EngineOpener(Protocol):
+    """Opens a serialized engine to run it: the builder is handed one (`TensorRTBackend.from_serialized`), so the
+    runtime may import the builder and never the other way round."""
+
+    def __call__(self, blob: bytes, profiles: ProfilePlan, precision: Precision, *, source: str) -> EngineUnderTest: ...
+
+
 # --------------------------------------------------------------------------------------------------------------
 # ONNX facts the builder needs (no TensorRT)
 # --------------------------------------------------------------------------------------------------------------
@@ -216,8 +228,8 @@ def onnx_graph_precision(path: Path) -> Precision:
     declared = {m.key: m.value for m in model.metadata_props}.get("precision")
     if declared == "int8" or any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         return "int8"
-    if declared in ("fp32", "fp16"):
-        return "fp16" if declared == "fp16" else "fp32"
+    if declared in TRT_FLOAT_PRECISIONS:
+        return parse_precision(declared, "ONNX metadata precision", TRT_FLOAT_PRECISIONS)
     # Any other graph: whichever type holds most weight elements.
     elements = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0}
     for init in model.graph.initializer:
@@ -472,11 +484,10 @@ def _audit_and_gate(
     profiles: ProfilePlan,
     reference_onnx: Path,
     options: BuildOptions,
+    open_engine: EngineOpener,
     expected_int8_convs: int | None = None,
 ) -> tuple[PrecisionAudit, GateReport, dict[str, str]]:
-    from sr_deploy.runtime.trt_backend import TensorRTBackend
-
-    backend = TensorRTBackend.from_serialized(blob, profiles, plan.precision, source=f"new {plan.precision} engine")
+    backend = open_engine(blob, profiles, plan.precision, source=f"new {plan.precision} engine")
     try:
         backend.prepare(profiles.max_shape)
         backend.bind_shape(profiles.profiles[0].opt)
@@ -506,11 +517,12 @@ def build_engine(
     precision: Precision,
     profiles: ProfilePlan,
     options: BuildOptions,
+    open_engine: EngineOpener,
     console: Console | None = None,
 ) -> BuildResult:
-    """Reuse the matching cached engine, or build, audit, gate and write a new one with its sidecar."""
+    """Reuse the matching cached engine, or build, audit, gate (running it through `open_engine`) and write a new
+    one with its sidecar."""
     from sr_deploy import __version__
-    from sr_deploy.runtime.trt_backend import detect_gpu
 
     version = require_tensorrt()
     trt_version = parse_trt_version(version)
@@ -550,7 +562,8 @@ def build_engine(
     start = time.perf_counter()
     blob = build_serialized_engine(onnx_path, plan, profiles, options, timing_cache, console)
     build_seconds = time.perf_counter() - start
-    audit, gate, io_names = _audit_and_gate(blob, plan, profiles, reference, options, _int8_convs(onnx_path, plan))
+    int8_convs = _int8_convs(onnx_path, plan)
+    audit, gate, io_names = _audit_and_gate(blob, plan, profiles, reference, options, open_engine, int8_convs)
 
     sidecar = EngineSidecar(
         key=key,
@@ -579,11 +592,12 @@ def build_engines(
     precisions: Sequence[Precision],
     profiles: ProfilePlan,
     options: BuildOptions,
+    open_engine: EngineOpener,
     console: Console | None = None,
 ) -> list[BuildResult]:
     """`build_engine` for each precision, in order; the first failure stops with its one-line reason."""
     require_tensorrt()  # before any work, so a machine without TensorRT gets the one line at once
-    return [build_engine(graphs, model_name, p, profiles, options, console) for p in precisions]
+    return [build_engine(graphs, model_name, p, profiles, options, open_engine, console) for p in precisions]
 
 
 def _int8_convs(onnx_path: Path, plan: PrecisionPlan) -> int | None:
@@ -607,23 +621,21 @@ def _sha256_bytes(data: bytes) -> str:
 # `srdeploy export-trt`: the one library call behind the command
 # --------------------------------------------------------------------------------------------------------------
 
-# Covers DIV2K's x4 LR validation images in both orientations (339..510 on a side), opt at the most common size.
-DEFAULT_PROFILE = ("1x3x64x64", "1x3x339x510", "1x3x510x510")
-
 
 @dataclass(frozen=True)
 class ExportTrtRequest:
+    """What to build, as typed values (`sr_deploy.commands.tensorrt` turns the flags' text into them)."""
+
     onnx: Path | None = None
     onnx_fp16: Path | None = None
     weights: str | None = None
-    precision: str = "both"
-    min_shape: str | None = None
-    opt_shape: str | None = None
-    max_shape: str | None = None
+    precisions: tuple[Precision, ...] = TRT_FLOAT_PRECISIONS
+    #: --min/--opt/--max; None: from `profile_from`, else the default profile.
+    profile: ShapeProfile | None = None
     profile_from: Path | None = None
     split_orientation: bool | None = None
     options: BuildOptions = field(default_factory=BuildOptions)
-    #: --onnx-int8: the Q/DQ graph of `srdeploy quantize`, for --precision int8.
+    #: --onnx-int8: the Q/DQ graph of `srdeploy quantize`, for int8 in `precisions`.
     onnx_int8: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -632,10 +644,8 @@ class ExportTrtRequest:
             "onnx_fp16": None if self.onnx_fp16 is None else str(self.onnx_fp16),
             "onnx_int8": None if self.onnx_int8 is None else str(self.onnx_int8),
             "weights": self.weights,
-            "precision": self.precision,
-            "min": self.min_shape,
-            "opt": self.opt_shape,
-            "max": self.max_shape,
+            "precisions": list(self.precisions),
+            "profile": None if self.profile is None else self.profile.to_dict(),
             "profile_from": None if self.profile_from is None else str(self.profile_from),
             "split_orientation": self.split_orientation,
             "options": self.options.to_dict(),
@@ -644,28 +654,20 @@ class ExportTrtRequest:
 
 def resolve_profiles(request: ExportTrtRequest) -> ProfilePlan:
     """Profiles from the shape flags, from a folder of images, or the default; never from two sources."""
-    from sr_deploy.trt_plan import image_sizes_in_folder, profile_from_flags, profiles_from_sizes
-
-    flags_given = any(s is not None for s in (request.min_shape, request.opt_shape, request.max_shape))
     if request.profile_from is not None:
-        if flags_given:
+        if request.profile is not None:
             raise SRDeployError("--profile-from and --min/--opt/--max: give one, not both")
         sizes = image_sizes_in_folder(request.profile_from)
         return profiles_from_sizes(sizes, split=request.split_orientation)
     if request.split_orientation:
         raise SRDeployError("--split-orientation needs --profile-from DIR (the image sizes to split)")
-    if not flags_given:
-        lo, opt, hi = DEFAULT_PROFILE
-        return ProfilePlan((profile_from_flags(lo, opt, hi),), "default profile (DIV2K x4 LR sizes)")
-    return ProfilePlan(
-        (profile_from_flags(request.min_shape, request.opt_shape, request.max_shape),), "from --min/--opt/--max"
-    )
+    if request.profile is None:
+        return default_profile_plan()
+    return ProfilePlan((request.profile,), "from --min/--opt/--max")
 
 
 def _sibling_graph(path: Path, precision: Precision) -> Path | None:
     """`imdn-b7.onnx` / `imdn-b7-fp32.onnx` <-> `imdn-b7-fp16.onnx`: the other export, if it sits beside."""
-    from sr_deploy.trt_plan import model_name_from_onnx
-
     base = model_name_from_onnx(path)
     names = [f"{base}-{precision}.onnx", f"{base}_{precision}.onnx"] + ([f"{base}.onnx"] if precision == "fp32" else [])
     for name in names:
@@ -718,13 +720,14 @@ def export_onnx_for_model(
     from sr_deploy.fileio import record_digest
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for precision in ("fp32", "fp16"):
+    paths: dict[Precision, Path] = {}
+    for precision in TRT_FLOAT_PRECISIONS:
         if precision == "fp32" or precision in precisions:
             path = out_dir / f"{model_name}-{precision}.onnx"
             if not _reusable_onnx(path, weights_sha256):
                 # FP32 I/O for both: the FP16 graph casts inside, so engines take and give float32 images.
-                report = export_onnx(model, path, precision=precision, io="fp32", weights_sha256=weights_sha256)
+                graph: OnnxPrecision = "fp16" if precision == "fp16" else "fp32"  # the exporter's words
+                report = export_onnx(model, path, precision=graph, io="fp32", weights_sha256=weights_sha256)
                 record_digest(path, report.sha256)
             paths[precision] = path
     return OnnxGraphs(fp32=paths.get("fp32"), fp16=paths.get("fp16"))
@@ -740,33 +743,38 @@ def export_onnx_graphs(weights: str, precisions: Sequence[Precision], out_dir: P
 
 
 def engine_for_model(
-    model: SRNet, precision: Precision, *, weights_sha256: str = "", work_dir: Path | None = None
+    model: SRNet,
+    precision: Precision,
+    open_engine: EngineOpener,
+    *,
+    weights_sha256: str = "",
+    work_dir: Path | None = None,
 ) -> Path:
-    """Build (or reuse) the engine for an in-memory model with the default profile; for the Backend factory."""
+    """Build (or reuse) the engine for an in-memory model with the default profile; for the runtime's backend."""
     require_tensorrt()
+    checked = parse_precision(precision, "--precision", TRT_PRECISIONS)
     root = work_dir if work_dir is not None else Path("engines")
     name = model.spec.name
-    graphs = export_onnx_for_model(model, name, weights_sha256, (precision,), root / "onnx")
-    lo, opt, hi = DEFAULT_PROFILE
-    from sr_deploy.trt_plan import profile_from_flags
-
-    profiles = ProfilePlan((profile_from_flags(lo, opt, hi),), "default profile (DIV2K x4 LR sizes)")
-    return build_engine(graphs, name, precision, profiles, BuildOptions(engines_dir=root, progress=False)).engine_path
+    graphs = export_onnx_for_model(model, name, weights_sha256, (checked,), root / "onnx")
+    options = BuildOptions(engines_dir=root, progress=False)
+    return build_engine(graphs, name, checked, default_profile_plan(), options, open_engine).engine_path
 
 
-def export_trt(request: ExportTrtRequest, console: Console | None = None) -> list[BuildResult]:
+def export_trt(
+    request: ExportTrtRequest, open_engine: EngineOpener, console: Console | None = None
+) -> list[BuildResult]:
     """Everything `srdeploy export-trt` does: check the flags, find or export the ONNX graphs, build the engines.
 
-    Flag mistakes are reported before TensorRT is looked for; then a machine without TensorRT gets its one line
-    before any export or build work starts.
+    Mistakes are reported before TensorRT is looked for; then a machine without TensorRT gets its one line before
+    any export or build work starts.
     """
-    from sr_deploy.trt_plan import expand_precisions, model_name_from_onnx
-
     if (request.onnx is None) == (request.weights is None):
         raise SRDeployError("give --onnx M.onnx or --weights W (one of them)")
     if request.weights is not None and request.onnx_fp16 is not None:
         raise SRDeployError("--onnx-fp16 goes with --onnx; with --weights the graphs are exported for you")
-    precisions = expand_precisions(request.precision)
+    if not request.precisions:
+        raise SRDeployError("--precision: no precision to build")
+    precisions = tuple(parse_precision(p, "--precision", TRT_PRECISIONS) for p in request.precisions)
     profiles = resolve_profiles(request)
     if request.onnx is not None and not request.onnx.is_file():
         raise SRDeployError(f"--onnx {request.onnx}: file not found")
@@ -793,7 +801,7 @@ def export_trt(request: ExportTrtRequest, console: Console | None = None) -> lis
     if request.onnx_int8 is not None:
         graphs = _with_int8(graphs, request.onnx_int8)
     _check_min_size(graphs, profiles)
-    return build_engines(graphs, model_name, precisions, profiles, request.options, console)
+    return build_engines(graphs, model_name, precisions, profiles, request.options, open_engine, console)
 
 
 def _with_int8(graphs: OnnxGraphs, onnx_int8: Path) -> OnnxGraphs:
@@ -816,7 +824,6 @@ def _check_min_size(graphs: OnnxGraphs, profiles: ProfilePlan) -> None:
     """The architecture's smallest input, from the spec in the graph's metadata, against every profile."""
     from sr_deploy.archs.registry import arch_of
     from sr_deploy.export.onnx import read_onnx_metadata
-    from sr_deploy.trt_plan import check_profiles_min_size
 
     graph = graphs.fp32 or graphs.fp16
     if graph is None:

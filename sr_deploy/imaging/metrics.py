@@ -7,12 +7,11 @@ pixels are uint8, ``crop_border`` pixels are cut from every side, MAX = 255, and
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from sr_deploy.compare import psnr_from_mse
 from sr_deploy.errors import SRDeployError
 
 _MAX = 255.0
@@ -73,10 +72,7 @@ def psnr(a: np.ndarray, b: np.ndarray, *, crop_border: int, y_channel: bool) -> 
     the honest answer rather than an arbitrary cap.
     """
     fa, fb = _prepare(a, b, crop_border, y_channel, "psnr")
-    mse = float(np.mean((fa - fb) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(_MAX**2 / mse)
+    return psnr_from_mse(float(np.mean((fa - fb) ** 2)), _MAX)
 
 
 def gaussian_window_1d(size: int = _SSIM_WINDOW, sigma: float = _SSIM_SIGMA) -> npt.NDArray[np.float64]:

@@ -1,4 +1,5 @@
-"""The Backend interface that eval, upscale and bench use for every runtime."""
+"""The Backend interface that eval, upscale and bench use for every runtime. Which backends exist, and the kinds a
+user can name, is sr_deploy.runtime.registry's to say."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from typing import Any
 import numpy as np
 
 Shape4 = tuple[int, int, int, int]
-
-#: Every backend kind a user can name; ``auto`` picks one (sr_deploy.runtime.factory.choose_auto).
-BACKEND_KINDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass
@@ -29,9 +27,9 @@ class TimedOutput:
 
 @dataclass
 class BackendInfo:
-    name: str  # "torch", "onnxruntime", "openvino", "tensorrt"
+    name: str  # a registered backend's name (sr_deploy.runtime.registry)
     device: str  # "cpu", "cuda:0", ...
-    precision: str  # "fp32", "fp16", "bf16"
+    precision: str  # a word of sr_deploy.precision
     details: dict[str, Any] = field(default_factory=dict)
 
     @property

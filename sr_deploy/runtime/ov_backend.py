@@ -17,21 +17,21 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from sr_deploy.errors import MissingDependencyError, SRDeployError
+from sr_deploy.precision import Precision
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 from sr_deploy.runtime.graph_rewrite import split_free_bytes
 from sr_deploy.runtime.torch_backend import physical_cores
 
-OvPrecision = Literal["fp32", "bf16", "int8"]
-
-#: srdeploy precision -> OpenVINO's inference precision (as set, and as the compiled model reports it back). int8:
-#: the quantized convs run in int8 whatever the hint; the hint is for what the graph leaves in floating point, and
-#: f32 there is what the int8 gate measured (bf16 there cost team26 another 0.01 dB and a 0.3-level brightness shift).
-_HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: srdeploy precision -> OpenVINO's inference precision (as set, and as the compiled model reports it back); its
+#: keys are the precisions this backend runs. int8: the quantized convs run in int8 whatever the hint; the hint is
+#: for what the graph leaves in floating point, and f32 there is what the int8 gate measured (bf16 there cost team26
+#: another 0.01 dB and a 0.3-level brightness shift).
+_HINTS: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def openvino_status() -> str | None:
@@ -92,7 +92,7 @@ class OpenVinoBackend(Backend):
         self,
         onnx_model: str | Path | bytes,
         *,
-        precision: OvPrecision = "fp32",
+        precision: Precision = "fp32",
         threads: int | None = None,
         rewrite: bool = True,
         cache_size: int = 8,
@@ -101,7 +101,7 @@ class OpenVinoBackend(Backend):
         if reason is not None:
             raise MissingDependencyError(reason)
         if precision not in _HINTS:
-            raise SRDeployError(f"--precision {precision!r}: the openvino backend runs fp32, bf16 or int8")
+            raise SRDeployError(f"--precision {precision!r}: the openvino backend runs {', '.join(_HINTS)}")
         if precision == "bf16" and (why := bf16_capable()) is not None:
             raise MissingDependencyError(f"--precision bf16: {why}")
         if precision == "int8" and (why := int8_capable()) is not None:
@@ -130,7 +130,7 @@ class OpenVinoBackend(Backend):
             )
         if precision != "int8" and quantized:
             raise SRDeployError(f"{where}: is an int8 (Q/DQ) graph; run it with --precision int8")
-        self._precision: OvPrecision = precision
+        self._precision: Precision = precision
         self._threads = threads if threads is not None else physical_cores()
         self._rewritten = rewrite
         self._cache: OrderedDict[Shape4, Any] = OrderedDict()

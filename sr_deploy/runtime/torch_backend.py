@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sr_deploy.archs.base import SRNet
+from sr_deploy.compare import Comparison, Tolerance, check, db_or_none, psnr_vs_hr
 from sr_deploy.errors import GateFailedError, MissingDependencyError, SRDeployError
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
 from sr_deploy.runtime.cuda_graphs import (
@@ -411,6 +412,7 @@ class PrecisionCheck:
     y_psnr: float | None
     threshold: str
     passed: bool
+    comparison: Comparison = field(default_factory=Comparison)  # the outputs against fp32's
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -423,10 +425,13 @@ class PrecisionCheck:
         return {
             "precision": self.precision,
             "inputs": self.inputs,
-            "psnr_vs_fp32_db": self.psnr_vs_fp32_db,
-            "y_psnr_fp32": self.y_psnr_fp32,
-            "y_psnr": self.y_psnr,
-            "y_drop_db": self.y_drop_db,
+            # null: identical to fp32 (inf) or not defined (NaN/Inf outputs, see "nonfinite"); JSON has no inf.
+            "psnr_vs_fp32_db": db_or_none(self.psnr_vs_fp32_db),
+            "y_psnr_fp32": db_or_none(self.y_psnr_fp32),
+            "y_psnr": db_or_none(self.y_psnr),
+            "y_drop_db": db_or_none(self.y_drop_db),
+            "max_abs": self.comparison.max_abs,
+            "nonfinite": self.comparison.nonfinite,
             "threshold": self.threshold,
             "passed": self.passed,
             **self.details,
@@ -470,11 +475,9 @@ def check_precision(
     default `model` itself in torch at `precision` on the CPU. With HR images the gate is the mean Y-PSNR drop
     (<= `max_y_drop_db`); without, the output PSNR against fp32 (>= `min_psnr_db`).
     """
-    from sr_deploy.export.onnx import to_uint8_rgb, y_psnr
-
     ref32 = copy.deepcopy(model).float().eval()
     run_low = run if run is not None else torch_runner(model, precision)
-    sq, count = 0.0, 0
+    comp = Comparison()
     y32: list[float] = []
     ylo: list[float] = []
     with torch.inference_mode():
@@ -482,27 +485,26 @@ def check_precision(
             x = torch.from_numpy(np.ascontiguousarray(ref.lr, dtype=np.float32))
             a = ref32(x).numpy()
             b = np.asarray(run_low(x.numpy()), dtype=np.float32)
-            sq += float(((a.astype(np.float64) - b) ** 2).sum())
-            count += a.size
+            comp.add(a, b)
             if ref.hr is not None:
-                border = model.spec.scale
-                y32.append(y_psnr(to_uint8_rgb(a), ref.hr, border))
-                ylo.append(y_psnr(to_uint8_rgb(b), ref.hr, border))
-    mse = sq / max(count, 1)
-    psnr = float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
+                y32.append(psnr_vs_hr(a, ref.hr, model.spec.scale).y_db)
+                ylo.append(psnr_vs_hr(b, ref.hr, model.spec.scale).y_db)
     if y32:
         drop = float(np.mean(y32) - np.mean(ylo))
-        passed, rule = drop <= max_y_drop_db, f"mean Y-PSNR drop <= {max_y_drop_db} dB"
+        # NaN/Inf outputs fail whatever their Y-PSNR (they are clamped before it is measured).
+        passed, rule = drop <= max_y_drop_db and not comp.nonfinite, f"mean Y-PSNR drop <= {max_y_drop_db} dB"
     else:
-        passed, rule = psnr >= min_psnr_db, f"output PSNR vs fp32 >= {min_psnr_db} dB (no HR images)"
+        passed = check(comp, Tolerance(min_psnr_db=min_psnr_db)).passed
+        rule = f"output PSNR vs fp32 >= {min_psnr_db} dB (no HR images)"
     return PrecisionCheck(
         precision=precision,
         inputs=label or f"{len(references)} inputs",
-        psnr_vs_fp32_db=psnr,
+        psnr_vs_fp32_db=comp.psnr_db,
         y_psnr_fp32=float(np.mean(y32)) if y32 else None,
         y_psnr=float(np.mean(ylo)) if ylo else None,
         threshold=rule,
         passed=passed,
+        comparison=comp,
     )
 
 
@@ -510,9 +512,11 @@ def require_precision(check: PrecisionCheck) -> PrecisionCheck:
     """Raise GateFailedError naming the figures when `check` failed."""
     if not check.passed:
         got = (
-            f"Y-PSNR drop {check.y_drop_db:.4f} dB"
+            f"{check.comparison.nonfinite} NaN/Inf output values"
+            if check.comparison.nonfinite
+            else f"Y-PSNR drop {check.y_drop_db:.4f} dB"
             if check.y_drop_db is not None
-            else (f"output PSNR {check.psnr_vs_fp32_db:.2f} dB")
+            else f"output PSNR {check.psnr_vs_fp32_db:.2f} dB"
         )
         raise GateFailedError(
             f"--precision {check.precision}: refused, {got} on {check.inputs} fails the gate ({check.threshold})"

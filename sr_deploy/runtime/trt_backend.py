@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,119 +21,27 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from sr_deploy.errors import MissingDependencyError, SRDeployError
-from sr_deploy.export.tensorrt import require_tensorrt
+from sr_deploy.errors import SRDeployError
 from sr_deploy.fileio import sha256_file
 from sr_deploy.runtime.base import Backend, BackendInfo, Shape4, TimedOutput
-from sr_deploy.trt_plan import (
-    EngineSidecar,
-    GpuInfo,
-    ProfilePlan,
-    explain_runtime_mismatch,
-    format_shape,
-    load_sidecar,
+from sr_deploy.trt_env import (
+    PcDeviceAllocation,
+    PcDriver,
+    PcEvent,
+    PcGraphExec,
+    detect_gpu,
+    load_pycuda,
+    require_tensorrt,
 )
+from sr_deploy.trt_plan.engine_key import GpuInfo, explain_runtime_mismatch
+from sr_deploy.trt_plan.profiles import ProfilePlan, format_shape
+from sr_deploy.trt_plan.sidecar import EngineSidecar, load_sidecar
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
     from sr_deploy.archs.base import SRNet
-
-PYCUDA_MISSING = (
-    "pycuda is not installed: pip install 'srdeploy[trt]' on a machine with an NVIDIA GPU "
-    "(pycuda builds against the CUDA toolkit there)"
-)
-NO_GPU = "no CUDA GPU is visible: the tensorrt backend needs an NVIDIA GPU and its driver"
-
-# --------------------------------------------------------------------------------------------------------------
-# The few pycuda calls we make, as precise Protocols (pycuda ships no type information).
-# --------------------------------------------------------------------------------------------------------------
-
-
-class PcGraphExec(Protocol):
-    def launch(self, stream: PcStream) -> None: ...
-
-
-class PcGraph(Protocol):
-    def instantiate(self) -> PcGraphExec: ...
-
-
-class PcStream(Protocol):
-    @property
-    def handle(self) -> int: ...
-
-    def synchronize(self) -> None: ...
-
-    def begin_capture(self) -> None: ...
-
-    def end_capture(self) -> PcGraph: ...
-
-
-class PcEvent(Protocol):
-    def record(self, stream: PcStream) -> PcEvent: ...
-
-    def synchronize(self) -> PcEvent: ...
-
-    def time_since(self, start: PcEvent) -> float: ...
-
-
-class PcDeviceAllocation(Protocol):
-    def __int__(self) -> int: ...
-
-    def free(self) -> None: ...
-
-
-class PcDevice(Protocol):
-    def name(self) -> str: ...
-
-    def compute_capability(self) -> tuple[int, int]: ...
-
-
-class PcDriver(Protocol):
-    """`pycuda.driver`, the part of it we use."""
-
-    # pycuda's own (capitalised) names, so the module itself satisfies this protocol
-    def Stream(self) -> PcStream: ...
-
-    def Event(self) -> PcEvent: ...
-
-    def Device(self, ordinal: int) -> PcDevice: ...
-
-    def mem_alloc(self, nbytes: int) -> PcDeviceAllocation: ...
-
-    def pagelocked_empty(self, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray: ...
-
-    def memcpy_htod_async(self, dest: PcDeviceAllocation, src: np.ndarray, stream: PcStream) -> None: ...
-
-    def memcpy_dtoh_async(self, dest: np.ndarray, src: PcDeviceAllocation, stream: PcStream) -> None: ...
-
-
-def load_pycuda() -> PcDriver:
-    """`pycuda.driver` on the primary context (shared with PyTorch), or one line saying how to get it."""
-    try:
-        importlib.import_module("pycuda.autoprimaryctx")  # activates the device's primary context
-        driver = importlib.import_module("pycuda.driver")
-    except ImportError:
-        raise MissingDependencyError(PYCUDA_MISSING) from None
-    except Exception as e:  # pycuda raises its own errors when there is no driver or device
-        raise MissingDependencyError(f"{NO_GPU} ({type(e).__name__}: {e})") from None
-    return cast(PcDriver, driver)
-
-
-def detect_gpu() -> GpuInfo:
-    """Name and compute capability of GPU 0: from PyTorch when it sees CUDA, else from pycuda."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return GpuInfo(str(torch.cuda.get_device_name(0)), f"{major}.{minor}")
-    except ImportError:
-        pass
-    device = load_pycuda().Device(0)
-    major, minor = device.compute_capability()
-    return GpuInfo(str(device.name()), f"{major}.{minor}")
-
+    from sr_deploy.precision import Precision
 
 # --------------------------------------------------------------------------------------------------------------
 # Buffer management behind a small interface
@@ -532,15 +439,17 @@ def deserialize_engine(blob: bytes, source: str) -> LoadedEngine:
 def backend_for_model(
     model: SRNet,
     *,
-    precision: str,
+    precision: Precision,
     weights_sha256: str = "",
     work_dir: Path | None = None,
     cuda_graphs: bool = False,
 ) -> TensorRTBackend:
-    """The tensorrt backend for an in-memory model (what `sr_deploy.runtime.factory` asks for): export the ONNX
-    graphs, build or reuse the engine under `work_dir` (default engines/), and open it with all its checks."""
+    """The tensorrt backend for an in-memory model: build or reuse its engine under `work_dir` (default engines/),
+    then open it with all its checks. The runtime composes the two; the builder is handed `from_serialized` to run
+    each new engine through its audit and gate, so it never imports the runtime."""
     from sr_deploy.export.tensorrt import engine_for_model
-    from sr_deploy.trt_plan import as_precision
 
-    path = engine_for_model(model, as_precision(precision), weights_sha256=weights_sha256, work_dir=work_dir)
+    path = engine_for_model(
+        model, precision, TensorRTBackend.from_serialized, weights_sha256=weights_sha256, work_dir=work_dir
+    )
     return TensorRTBackend(path, cuda_graphs=cuda_graphs)
