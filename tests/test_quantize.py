@@ -251,6 +251,50 @@ def test_openvino_refuses_an_int8_graph_as_fp32(int8_graph: Path) -> None:
         OpenVinoBackend(int8_graph, precision="fp32")
 
 
+def _with_remainder_verdict(src: Path, dst: Path, passed: bool) -> Path:
+    """A copy of the int8 graph whose recorded bf16-remainder verdict is `passed`."""
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == "quantization":
+            quant = json.loads(prop.value)
+            quant[qz.BF16_REMAINDER_KEY] = {"passed": passed}
+            prop.value = json.dumps(quant)
+    onnx.save_model(model, str(dst))
+    return dst
+
+
+def test_openvino_runs_the_float_remainder_in_bf16_only_where_the_gate_passed_that_way(
+    tiny_model: IMDN, int8_graph: Path, tmp_path: Path
+) -> None:
+    from sr_deploy.runtime.factory import make_backend
+    from sr_deploy.runtime.ov_backend import OpenVinoBackend, bf16_capable, openvino_status
+
+    if openvino_status() is not None or bf16_capable() is not None:
+        pytest.skip("needs OpenVINO with native bf16")
+    from sr_deploy.export.onnx import read_onnx_metadata
+
+    quant = json.loads(read_onnx_metadata(int8_graph).props["quantization"])
+    verdict = quant[qz.BF16_REMAINDER_KEY]  # measured when the graph was written
+    assert verdict["passed"] is True and verdict["runtime"] == "openvino, bf16 remainder"  # the loose gate
+    assert qz.check_int8_graph(int8_graph).bf16_remainder_passed
+    x = np.random.default_rng(1).random((1, 3, 17, 19), dtype=np.float32)
+    hints = {}
+    outputs = {}
+    for passed in (True, False):
+        graph = _with_remainder_verdict(int8_graph, tmp_path / f"{passed}.int8.onnx", passed)
+        backend = make_backend("openvino", tiny_model, precision="int8", device="cpu", int8_graph=graph)
+        outputs[passed] = backend.run(x)
+        hints[passed] = backend.info.details["compute_precision_hint"]
+    assert hints == {True: "bf16", False: "f32"}
+    assert not np.array_equal(outputs[True], outputs[False])  # the remainder really computed in another precision
+    with pytest.raises(SRDeployError, match="int8 graph's float part"):
+        OpenVinoBackend(int8_graph, precision="fp32", int8_remainder="bf16")
+
+
+def test_metadata_names_the_method(int8_graph: Path) -> None:
+    assert qz.check_int8_graph(int8_graph).method == "ptq"
+
+
 # ---------------------------------------------------------------------------------------------- the search
 def _fake_runtime(fp32: bytes, bad: dict[str, float]) -> qz.RunnerFactory:
     """A runtime whose output is fp32's plus noise of the summed amplitude of the quantized `bad` layers: the search
@@ -405,13 +449,13 @@ def test_team26_quantizes_into_a_graph_tensorrt_takes(team26_pth: Path, shared: 
 
 
 def test_bench_times_int8_only_with_a_graph_and_adds_its_rows_to_all() -> None:
-    from sr_deploy.bench import plan_rows
+    from sr_deploy.bench.rows import plan_rows
 
     plain = [r.key for r in plan_rows("all", "fp32", best_precision="bf16")]
     assert not any("int8" in k for k in plain)
     rows = plan_rows("all", "fp32", best_precision="bf16", int8_graph="m.int8.onnx")
     int8 = [r for r in rows if r.precision == "int8"]
-    assert [r.key for r in int8] == ["openvino-int8", "onnxruntime-int8"]
+    assert [r.key for r in int8] == ["onnxruntime-int8", "openvino-int8"]  # each under its backend
     assert all(r.int8_graph == "m.int8.onnx" for r in int8)
     assert [r.key for r in rows if r.precision != "int8"] == plain
     (single,) = plan_rows("openvino", "int8", best_precision="bf16", int8_graph="m.int8.onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -136,12 +136,12 @@ def register(app: typer.Typer) -> None:
             from sr_deploy.checkpoints import load_model
             from sr_deploy.export.onnx import (
                 DEFAULT_OPSET,
-                Precision,
                 check_export_args,
                 export_onnx,
                 load_reference_images,
                 require_weights_path,
             )
+            from sr_deploy.precision import parse_precision
 
             opset_n = opset if opset is not None else DEFAULT_OPSET
             check_export_args(precision, io, opset_n, static_hw)
@@ -156,8 +156,8 @@ def register(app: typer.Typer) -> None:
             report = export_onnx(
                 model,
                 output,
-                precision=cast(Precision, precision),  # checked above
-                io=cast(Precision, io),
+                precision=parse_precision(precision),  # checked above
+                io=parse_precision(io, "--io"),
                 opset=opset_n,
                 static_hw=static_hw,
                 keep_last_conv_fp32=keep_last_fp32,

@@ -43,8 +43,11 @@ from sr_deploy.compare import Comparison, Tolerance, check, output_to_uint8_rgb,
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import atomic_path, check_output_path, db_or_null, read_error, sha256_file
 from sr_deploy.fusion import collapse_verified
+from sr_deploy.precision import Precision, parse_precision
 
-Precision = Literal["fp32", "fp16"]
+#: The precisions an exported graph is written in (bf16 is a runtime's compute precision over the fp32 graph; int8
+#: graphs come from `srdeploy quantize`).
+GRAPH_PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16")
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
@@ -426,10 +429,8 @@ def _quiet_exporter() -> Iterator[None]:
 
 def check_export_args(precision: str, io_: str, opset: int, static_hw: tuple[int, int] | None) -> None:
     """Refuse bad export options with one line naming the flag, before any weights are loaded."""
-    if precision not in ("fp32", "fp16"):
-        raise SRDeployError(f"--precision {precision!r}: expected fp32 or fp16")
-    if io_ not in ("fp32", "fp16"):
-        raise SRDeployError(f"--io {io_!r}: expected fp32 or fp16")
+    parse_precision(precision, "--precision", GRAPH_PRECISIONS)
+    parse_precision(io_, "--io", GRAPH_PRECISIONS)
     if io_ == "fp16" and precision == "fp32":
         raise SRDeployError("--io fp16 needs --precision fp16 (an FP32 graph keeps FP32 inputs and outputs)")
     if opset < MIN_OPSET:

@@ -67,7 +67,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from sr_deploy.archs.base import SRNet
-    from sr_deploy.export.onnx import Precision as OnnxPrecision
 
 MAX_OPT_LEVEL = 5
 # Words TensorRT uses when tactics or the whole build failed for lack of scratch memory.
@@ -726,7 +725,7 @@ def export_onnx_for_model(
             path = out_dir / f"{model_name}-{precision}.onnx"
             if not _reusable_onnx(path, weights_sha256):
                 # FP32 I/O for both: the FP16 graph casts inside, so engines take and give float32 images.
-                graph: OnnxPrecision = "fp16" if precision == "fp16" else "fp32"  # the exporter's words
+                graph: Precision = "fp16" if precision == "fp16" else "fp32"  # the exporter's words
                 report = export_onnx(model, path, precision=graph, io="fp32", weights_sha256=weights_sha256)
                 record_digest(path, report.sha256)
             paths[precision] = path

@@ -29,9 +29,11 @@ from sr_deploy.runtime.torch_backend import physical_cores
 
 #: srdeploy precision -> OpenVINO's inference precision (as set, and as the compiled model reports it back); its
 #: keys are the precisions this backend runs. int8: the quantized convs run in int8 whatever the hint; the hint is
-#: for what the graph leaves in floating point, and f32 there is what the int8 gate measured (bf16 there cost team26
-#: another 0.01 dB and a 0.3-level brightness shift).
+#: for what the graph leaves in floating point (its float remainder: the float layers, the Q/DQ arithmetic, adds),
+#: f32 by default, bf16 only where the int8 gate passed that way too (recorded in the graph's metadata).
 _HINTS: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: What an int8 graph's float remainder may compute in.
+INT8_REMAINDERS: tuple[Precision, ...] = ("fp32", "bf16")
 
 
 def openvino_status() -> str | None:
@@ -96,6 +98,7 @@ class OpenVinoBackend(Backend):
         threads: int | None = None,
         rewrite: bool = True,
         cache_size: int = 8,
+        int8_remainder: Precision = "fp32",
     ) -> None:
         reason = openvino_status()
         if reason is not None:
@@ -106,6 +109,10 @@ class OpenVinoBackend(Backend):
             raise MissingDependencyError(f"--precision bf16: {why}")
         if precision == "int8" and (why := int8_capable()) is not None:
             raise MissingDependencyError(f"--precision int8: {why}")
+        if int8_remainder not in INT8_REMAINDERS or (int8_remainder != "fp32" and precision != "int8"):
+            raise SRDeployError(f"int8 remainder {int8_remainder!r}: an int8 graph's float part runs in fp32 or bf16")
+        if int8_remainder == "bf16" and (why := bf16_capable()) is not None:
+            raise MissingDependencyError(f"the int8 graph's bf16 remainder: {why}")
         import openvino as ov
 
         where = "ONNX bytes" if isinstance(onnx_model, bytes) else str(onnx_model)
@@ -131,6 +138,7 @@ class OpenVinoBackend(Backend):
         if precision != "int8" and quantized:
             raise SRDeployError(f"{where}: is an int8 (Q/DQ) graph; run it with --precision int8")
         self._precision: Precision = precision
+        self._hint = _HINTS[int8_remainder] if precision == "int8" else _HINTS[precision]
         self._threads = threads if threads is not None else physical_cores()
         self._rewritten = rewrite
         self._cache: OrderedDict[Shape4, Any] = OrderedDict()
@@ -146,6 +154,7 @@ class OpenVinoBackend(Backend):
             "threads": self._threads,
             "graph": "split-free" if self._rewritten else "as exported",
             "static_compiles": self._compiles,
+            "compute_precision_hint": self._hint,
             "compile_ms_total": round(self._compile_ms, 3),
             **self._extra,
         }
@@ -158,7 +167,7 @@ class OpenVinoBackend(Backend):
     def config(self) -> dict[str, Any]:
         """The compile properties (the precision is explicit: OpenVINO's default on AMX CPUs is bf16)."""
         return {
-            "INFERENCE_PRECISION_HINT": _HINTS[self._precision],
+            "INFERENCE_PRECISION_HINT": self._hint,
             "INFERENCE_NUM_THREADS": self._threads,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -183,7 +192,7 @@ class OpenVinoBackend(Backend):
         except RuntimeError as e:
             raise SRDeployError(f"openvino cannot compile the graph for input {shape} ({_first_line(e)})") from None
         got = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if got != _HINTS[self._precision]:
+        if got != self._hint:
             raise SRDeployError(f"openvino compiled for {got} although {self._precision} was asked for")
         if self._precision == "int8":
             convs = runtime_precisions(compiled)

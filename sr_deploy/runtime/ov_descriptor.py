@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sr_deploy.precision import Precision
 from sr_deploy.runtime.registry import BackendDescriptor, BackendRequest
 
 if TYPE_CHECKING:
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
 
 def make_openvino(request: BackendRequest) -> OpenVinoBackend:
     from sr_deploy.runtime.factory import bf16_gate, exported_graph, int8_graph_for
-    from sr_deploy.runtime.ov_backend import OpenVinoBackend
+    from sr_deploy.runtime.ov_backend import OpenVinoBackend, bf16_capable
 
     if request.precision == "int8":
         graph = int8_graph_for(request)
-        backend = OpenVinoBackend(graph.path, precision="int8")
+        # bf16 for the float remainder only where the graph passed its gate that way when it was written.
+        remainder: Precision = "bf16" if graph.bf16_remainder_passed and bf16_capable() is None else "fp32"
+        backend = OpenVinoBackend(graph.path, precision="int8", int8_remainder=remainder)
         backend.add_detail("int8_graph", graph.to_dict())
         return backend
     # bf16 is OpenVINO's compute precision for the fp32 graph, not a graph of its own.

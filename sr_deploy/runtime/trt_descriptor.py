@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from sr_deploy.errors import SRDeployError
 from sr_deploy.runtime.registry import CUDA_GRAPHS, BackendDescriptor, BackendRequest
+from sr_deploy.trt_plan.versions import TRT_FLOAT_PRECISIONS
 
 if TYPE_CHECKING:
     from sr_deploy.bench.rows import RowContext, RowPlan
@@ -50,7 +51,8 @@ def tensorrt_bench_rows(ctx: RowContext) -> list[RowPlan]:
 DESCRIPTOR = BackendDescriptor(
     name="tensorrt",
     summary="a TensorRT engine built from the exported graph, NVIDIA GPU only",
-    precisions=("fp32", "fp16"),
+    # From a model the backend builds float engines; an int8 engine needs a Q/DQ graph (srdeploy export-trt).
+    precisions=TRT_FLOAT_PRECISIONS,
     devices=("cuda",),
     available=tensorrt_status,
     make=make_tensorrt,

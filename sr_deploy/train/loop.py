@@ -344,8 +344,8 @@ class ValResult:
 
 def validate(model: nn.Module, images: list[ValImage], device: torch.device, scale: int) -> ValResult:
     """Mean PSNR on whole images as the challenge computes it: float32 output, clamp, x255, round, border=scale."""
+    from sr_deploy.compare import psnr_vs_hr
     from sr_deploy.imaging.io import from_model_output, to_tensor_layout
-    from sr_deploy.imaging.metrics import psnr
 
     was_training = model.training
     model.eval()
@@ -354,9 +354,9 @@ def validate(model: nn.Module, images: list[ValImage], device: torch.device, sca
         for img in images:
             x = torch.from_numpy(to_tensor_layout(img.lr)).to(device)
             out = model(x).float().cpu().numpy()
-            sr = from_model_output(out, 8)
-            rgb.append(psnr(sr, img.hr, crop_border=scale, y_channel=False))
-            y.append(psnr(sr, img.hr, crop_border=scale, y_channel=True))
+            vs_hr = psnr_vs_hr(from_model_output(out, 8), img.hr, scale)
+            rgb.append(vs_hr.rgb_db)
+            y.append(vs_hr.y_db)
     model.train(was_training)
     return ValResult(psnr_rgb=float(np.mean(rgb)), psnr_y=float(np.mean(y)), images=len(images))
 
