@@ -13,9 +13,10 @@ from onnx import helper, numpy_helper
 
 from sr_deploy.archs.imdn import IMDN
 from sr_deploy.cli import main
+from sr_deploy.compare import output_to_uint8_rgb
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.export import quantize as qz
-from sr_deploy.export.onnx import ReferenceImage, build_onnx_model, load_reference_images, to_uint8_rgb
+from sr_deploy.export.onnx import ReferenceImage, build_onnx_model, load_reference_images
 
 
 def _write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> None:
@@ -324,7 +325,7 @@ def _search(tiny_model: IMDN, calib_dir: Path, out: Path, bad: dict[str, float],
     for i, (h, w) in enumerate(((20, 24), (17, 15))):
         lr = rng.random((1, 3, h, w), dtype=np.float32)
         sr = run(lr)
-        hr = to_uint8_rgb(sr + 0.01 * rng.standard_normal(sr.shape))
+        hr = output_to_uint8_rgb(sr + 0.01 * rng.standard_normal(sr.shape))
         refs.append(ReferenceImage(f"img{i}", lr, hr))
     calib = qz.load_calibration_set(calib_dir, 3, 16, seed=0)
     options = qz.QuantizeOptions(

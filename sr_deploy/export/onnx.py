@@ -39,7 +39,7 @@ from sr_deploy import __version__
 from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.registry import arch_of, check_precision_supported, spec_from_json
 from sr_deploy.archs.spec import ArchSpec
-from sr_deploy.compare import Comparison, Tolerance, check, output_to_uint8_rgb, psnr_vs_hr
+from sr_deploy.compare import Comparison, Tolerance, check, psnr_vs_hr
 from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.fileio import atomic_path, check_output_path, db_or_null, read_error, sha256_file
 from sr_deploy.fusion import collapse_verified
@@ -645,16 +645,6 @@ def default_reference_folder() -> Path | None:
     from sr_deploy.references import find_reference_folder
 
     return find_reference_folder().folder
-
-
-def to_uint8_rgb(out: np.ndarray) -> np.ndarray:
-    """Kept for older importers: `sr_deploy.compare.output_to_uint8_rgb`."""
-    return output_to_uint8_rgb(out)
-
-
-def y_psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
-    """Kept for older importers: the Y figure of `sr_deploy.compare.psnr_vs_hr` (uint8 RGB `sr`)."""
-    return psnr_vs_hr(sr, hr, crop_border).y_db
 
 
 def verify_onnx(

@@ -51,7 +51,7 @@ from onnx import numpy_helper
 from sr_deploy import __version__
 from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.spec import ArchSpec
-from sr_deploy.compare import mean_brightness_shift, psnr_from_mse
+from sr_deploy.compare import Comparison, mean_brightness_shift, psnr_vs_hr
 from sr_deploy.errors import GateFailedError, SRDeployError, name_list
 from sr_deploy.export.onnx import (
     INPUT_NAME,
@@ -62,8 +62,6 @@ from sr_deploy.export.onnx import (
     allowed_ops,
     build_onnx_model,
     op_counts,
-    to_uint8_rgb,
-    y_psnr,
 )
 from sr_deploy.fileio import atomic_path, check_output_path, sha256_file
 
@@ -611,7 +609,7 @@ class Fp32Reference:
 def fp32_reference(fp32_graph: bytes, refs: Sequence[ReferenceImage], border: int) -> Fp32Reference:
     run = ort_runner(fp32_graph)
     outs = tuple(run(r.lr) for r in refs)
-    ys = [y_psnr(to_uint8_rgb(o), r.hr, border) for o, r in zip(outs, refs, strict=True) if r.hr is not None]
+    ys = [psnr_vs_hr(o, r.hr, border).y_db for o, r in zip(outs, refs, strict=True) if r.hr is not None]
     return Fp32Reference(outs, float(np.mean(ys)))
 
 
@@ -622,27 +620,23 @@ def score(
     ys: list[float] = []
     finite = True
     shift = 0.0
-    sq = 0.0
-    count = 0
+    # Against fp32 on what is displayed: both clipped to [0, 1], a NaN counted as 0 (`finite` reports it).
+    shown = Comparison()
     for r, expected in zip(refs, reference.outputs, strict=True):
         got = run(r.lr)
         finite = finite and bool(np.isfinite(got).all())
         if r.hr is not None:
-            ys.append(y_psnr(to_uint8_rgb(got), r.hr, border))
+            ys.append(psnr_vs_hr(got, r.hr, border).y_db)
         shift = max(shift, mean_brightness_shift(expected, got))
-        a = np.clip(np.nan_to_num(got, nan=0.0), 0.0, 1.0).astype(np.float64)
-        b = np.clip(expected, 0.0, 1.0).astype(np.float64)
-        sq += float(((a - b) ** 2).sum())
-        count += a.size
+        shown.add(np.clip(expected, 0.0, 1.0), np.clip(np.nan_to_num(got, nan=0.0), 0.0, 1.0))
     mean_y = float(np.mean(ys)) if ys else math.nan
-    mse = sq / max(count, 1)
     return RuntimeScore(
         runtime=runtime,
         mean_y_psnr=mean_y,
         y_drop_db=reference.mean_y_psnr - mean_y if finite else math.inf,
         finite=finite,
         brightness_shift=shift if finite else math.inf,
-        psnr_vs_fp32_db=psnr_from_mse(mse),
+        psnr_vs_fp32_db=shown.psnr_db,
     )
 
 
