@@ -277,6 +277,10 @@ def _measure_row(
     A backend in `warming` is not prepared: its `prepare` is a warm-up forward, and the challenge did no warm-up,
     so its first image stays as cold as it was there (the others' `prepare` only allocates or compiles)."""
     backend = make(plan, model, device, models.weights_sha256)
+    if plan.kind == AUTO:
+        # Name the row after what `auto` chose, so the progress, the table and the verdict say which runtime ran.
+        kind = backend.info.name
+        plan = replace(plan, key=f"{kind}-{plan.precision}", title=f"{kind} {plan.precision} (auto)", kind=kind)
     try:
         prepared = backend.info.name not in warming
         prepare_ms = 0.0
@@ -295,10 +299,6 @@ def _measure_row(
             progress=progress,
         )
         row.timing.update(prepare_called=prepared, prepare_ms=prepare_ms)
-        if plan.kind == AUTO:
-            # Name the row after what `auto` chose, so the table and the verdict say which runtime was timed.
-            kind = backend.info.name
-            row.plan = replace(plan, key=f"{kind}-{plan.precision}", title=f"{kind} {plan.precision} (auto)", kind=kind)
         return row
     finally:
         backend.close()
