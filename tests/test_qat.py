@@ -67,7 +67,7 @@ def start(tiny_model: IMDN, folder: Path) -> tuple[onnx.ModelProto, dict[str, fl
     opts = qz.QuantizeOptions(calib_count=4, crop=16)
     calib = qz.load_calibration_set(folder, 4, 16, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = build_onnx_model(tiny_model)
+        fp32, _ = qz.centre_image_convs(build_onnx_model(tiny_model))
         onnx.save(fp32, f"{tmp}/f.onnx")
         cache = qz.calibrate(Path(f"{tmp}/f.onnx"), calib, opts, Path(f"{tmp}/c.json"))
         return fp32, Q.calibrated_scales(cache), qz.quantize_qdq(Path(f"{tmp}/f.onnx"), cache, opts)

@@ -114,14 +114,36 @@ def test_the_quantized_graph_is_what_tensorrt_takes(int8_graph: Path) -> None:
         if node.op_type == "Conv":
             assert node.input[2] in inits and inits[node.input[2]].data_type == onnx.TensorProto.FLOAT
     ops = {n.op_type for n in model.graph.node}
-    assert ops == {"Conv", "LeakyRelu", "Split", "Add", "Concat", "DepthToSpace", "QuantizeLinear", "DequantizeLinear"}
+    net = {"Conv", "LeakyRelu", "Split", "Add", "Concat", "DepthToSpace"}
+    assert ops == net | {"QuantizeLinear", "DequantizeLinear", "Sub", "Pad"}
+    # The image reaches the first conv centred on zero, so symmetric int8 keeps all 8 of its bits.
+    (image_input,) = qz.centred_inputs(model)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image_input)
+    assert numpy_helper.to_array(inits[q.input[1]]) == pytest.approx(0.5 / 127, rel=0.05)
+
+
+def test_centring_the_image_leaves_the_function_unchanged(tiny_model: IMDN) -> None:
+    import onnxruntime as ort
+
+    fp32 = build_onnx_model(tiny_model)
+    centred, made = qz.centre_image_convs(fp32)
+    assert list(made.values()) == [0.5] and qz.centred_inputs(centred) == made
+    onnx.checker.check_model(centred, full_check=True)
+    # A constant image shows the border: padding the shifted image with -c must be padding the image with 0.
+    for x in (np.full((1, 3, 9, 11), 0.75, np.float32), np.random.default_rng(3).random((1, 3, 13, 8), np.float32)):
+        a, b = (
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+            for m in (fp32, centred)
+        )
+        assert float(np.abs(a - b).max()) < 1e-5
 
 
 def _swap_zero_point(model: onnx.ModelProto, dtype: int) -> onnx.ModelProto:
     """The graph input's Q/DQ with a zero point of another type (NNCF writes uint8 for the non-negative input)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "lr")
+    (image_input,) = qz.centred_inputs(out)
+    q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image_input)
     zp = next(i for i in out.graph.initializer if i.name == q.input[2])
     zp.CopyFrom(helper.make_tensor(zp.name, dtype, [], [0]))
     return out

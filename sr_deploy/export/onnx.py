@@ -67,12 +67,14 @@ COMMON_OPS: frozenset[str] = frozenset({"Conv", "Add", "DepthToSpace", "Cast"})
 #: What an explicitly quantized (int8, `srdeploy quantize`) graph adds: TensorRT parses both into IQuantizeLayer /
 #: IDequantizeLayer (onnx-tensorrt docs/operators.md), ONNX Runtime and OpenVINO run them on the CPU.
 QDQ_OPS: frozenset[str] = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: What an int8 graph adds where a conv reads the image centred on zero (sr_deploy.export.quantize.centre_image_convs).
+CENTRING_OPS: frozenset[str] = frozenset({"Sub", "Pad"})
 
 
 def allowed_ops(spec: ArchSpec, *, quantized: bool = False) -> frozenset[str]:
     """The operator set a deploy graph of `spec` is held to: the common set plus what its architecture needs, plus
-    QuantizeLinear/DequantizeLinear for an int8 (`quantized`) graph."""
-    return COMMON_OPS | arch_of(spec).onnx_ops | (QDQ_OPS if quantized else frozenset())
+    QuantizeLinear/DequantizeLinear (and the Sub and Pad that centre the image) for an int8 (`quantized`) graph."""
+    return COMMON_OPS | arch_of(spec).onnx_ops | (QDQ_OPS | CENTRING_OPS if quantized else frozenset())
 
 
 META_FORMAT = "srdeploy.format"

@@ -43,6 +43,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+from torch.nn import functional
 
 from sr_deploy.archs.base import SRNet
 from sr_deploy.archs.spec import ArchSpec
@@ -50,6 +51,7 @@ from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.export.onnx import ReferenceImage, build_onnx_model
 from sr_deploy.export.quantize import (
     BF16_REMAINDER_KEY,
+    CENTRED_KEY,
     IMAGE_SUFFIXES,
     CalibrationSet,
     QdqAudit,
@@ -60,6 +62,8 @@ from sr_deploy.export.quantize import (
     add_int8_metadata,
     bf16_remainder_verdict,
     calibrate,
+    centre_image_convs,
+    centred_inputs,
     check_for_tensorrt,
     conv_layers,
     default_runners,
@@ -322,20 +326,33 @@ def weight_scales(weight: torch.Tensor) -> torch.Tensor:
 class FakeQuantConv2d(nn.Module):
     """A Conv2d whose input and weights pass through int8 fake quantization exactly as the Q/DQ graph runs it."""
 
-    def __init__(self, conv: nn.Conv2d, act: ActivationFakeQuant) -> None:
+    def __init__(self, conv: nn.Conv2d, act: ActivationFakeQuant, centre: float = 0.0) -> None:
         super().__init__()
         if conv.padding_mode != "zeros":
             raise SRDeployError(f"quantization-aware training: a conv pads with {conv.padding_mode!r}, not zeros")
         self.conv = conv
         self.act = act
+        #: The graph quantizes this conv's input centred on zero (export.quantize.centre_image_convs).
+        self.centre = centre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv.weight
         scales = weight_scales(w)
         zeros = torch.zeros_like(scales, dtype=torch.int32)
         wq = torch.fake_quantize_per_channel_affine(w, scales, zeros, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
-        out: torch.Tensor = self.conv._conv_forward(self.act(x), wq, self.conv.bias)
-        return out
+        if not self.centre:
+            out: torch.Tensor = self.conv._conv_forward(self.act(x), wq, self.conv.bias)
+            return out
+        # As centre_image_convs's graph computes it: Sub(c) -> Pad(-c) -> Q/DQ -> Conv(no pads), bias + c * sum(W)
+        # with the float W (the graph folds the centre into the bias before the weights are quantized).
+        c = self.centre
+        conv = self.conv
+        if isinstance(conv.padding, str):
+            raise SRDeployError(f"quantization-aware training: the conv reading the image pads {conv.padding!r}")
+        ph, pw = conv.padding
+        xq = self.act(functional.pad(x - c, (pw, pw, ph, ph), value=-c))
+        bias = c * w.sum(dim=(1, 2, 3)) + (conv.bias if conv.bias is not None else 0.0)
+        return functional.conv2d(xq, wq, bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 def conv_input_tensors(fp32: onnx.ModelProto) -> dict[str, str]:
@@ -389,12 +406,17 @@ class QatModel:
 
 
 def wrap_for_qat(
-    model: SRNet, fp32: onnx.ModelProto, scales: dict[str, float], *, learn: bool, float_layers: Sequence[str] = ()
+    model: SRNet,
+    fp32: onnx.ModelProto,
+    scales: dict[str, float],
+    *,
+    learn: bool,
+    float_layers: Sequence[str] = (),
 ) -> QatModel:
-    """A copy of `model` (deploy form) with every conv fake-quantized; `fp32` is its exported graph, which says what
-    tensor each conv reads (convs reading one tensor share one quantizer) and `scales` the initial scale per tensor.
-    A conv of the graph without a module of that name, or the reverse, is an error: the simulation would not be
-    what is deployed."""
+    """A copy of `model` (deploy form) with every conv fake-quantized; `fp32` is its exported graph (with the image
+    centred as `centre_image_convs` leaves it, when it is), which says what tensor each conv reads (convs reading
+    one tensor share one quantizer), and `scales` the initial scale per tensor. A conv of the graph without a module
+    of that name, or the reverse, is an error: the simulation would not be what is deployed."""
     net = copy.deepcopy(model).float()
     graph = _graph_convs(fp32)
     # A conv may be reachable under two names (kept in a list and as an attribute): wrap it under all of them.
@@ -421,8 +443,9 @@ def wrap_for_qat(
     if missing:
         raise SRDeployError(f"quantization-aware training: no calibrated range for {', '.join(missing[:3])}")
     quantizers = {t: ActivationFakeQuant(scales[t], learn) for t in sorted(set(layers.values()))}
+    centres = centred_inputs(fp32)  # where the graph quantizes the image centred on zero
     for key, (_, tensor) in graph.items():
-        wrapped = FakeQuantConv2d(modules[key], quantizers[tensor])
+        wrapped = FakeQuantConv2d(modules[key], quantizers[tensor], centres.get(tensor, 0.0))
         for name in aliases[id(modules[key])]:
             _set_submodule(net, name, wrapped)
     return QatModel(net, quantizers, layers)
@@ -496,7 +519,7 @@ def qat_graph(
     """The Q/DQ graph of `model` (deploy form, or its fp32 graph) with these activation scales, every conv but
     `float_layers` int8: onnxruntime's quantizer places Q/DQ as for PTQ (weights quantized from the model's weights),
     then the scales are set exactly."""
-    fp32 = model if isinstance(model, onnx.ModelProto) else build_onnx_model(model)
+    fp32, _ = centre_image_convs(model if isinstance(model, onnx.ModelProto) else build_onnx_model(model))
     with tempfile.TemporaryDirectory(prefix="srdeploy-qat-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         onnx.save_model(fp32, str(fp32_path))
@@ -670,14 +693,19 @@ def qat_quantize(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srdeploy-qat-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
-        fp32_proto = build_onnx_model(teacher)
+        original = build_onnx_model(teacher)
+        fp32_proto, centred = centre_image_convs(original)
         onnx.save_model(fp32_proto, str(fp32_path))
-        reference = fp32_reference(fp32_proto.SerializeToString(), references, border)
+        reference = fp32_reference(original.SerializeToString(), references, border)
         note(f"calibrating on {len(calib.crops)} crops of {calib.crop}x{calib.crop} ({qopts.calibration})")
         cache = calibrate(fp32_path, calib, qopts, Path(tmp) / "ranges.json")
         start_scales = calibrated_scales(cache)
         qat = wrap_for_qat(
-            teacher, fp32_proto, start_scales, learn=options.learn_scales, float_layers=options.float_layers
+            teacher,
+            fp32_proto,
+            start_scales,
+            learn=options.learn_scales,
+            float_layers=options.float_layers,
         )
         note("scoring PTQ of the same layers (where fine-tuning starts)")
         exclude = [c.node for c in conv_layers(fp32_proto) if c.name in options.float_layers]
@@ -705,6 +733,7 @@ def qat_quantize(
     remainder = bf16_remainder_verdict(graph.SerializeToString(), references, reference, border, qopts.gates)
     extra = {
         **({BF16_REMAINDER_KEY: remainder} if remainder is not None else {}),
+        CENTRED_KEY: centred,
         "fine_tune": log.to_dict(),
         "data": data.to_dict(),
         "finetuned_fp32_mean_y_psnr": finetuned_fp32.mean_y_psnr,
