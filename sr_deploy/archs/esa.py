@@ -19,6 +19,12 @@ from sr_deploy.errors import SRDeployError
 #: The smallest input height/width ESA accepts: the stride-2 3x3 conv must leave at least the pool's 7 pixels.
 MIN_INPUT_SIZE = 15
 
+#: Why a network with ESA cannot be tiled exactly (its TilingPolicy's reason).
+INEXACT_TILING_REASON = (
+    "ESA's stride-2 conv, 7x7/3 max-pool and bilinear resize to the input size make every output pixel "
+    "depend on the tile's position and size, so no overlap reproduces the whole-image result exactly"
+)
+
 
 class ESA(nn.Module):
     """Enhanced Spatial Attention. ``deep`` adds RFDN's ``conv_max`` and ``conv3_`` (with ReLUs) to the coarse path.

@@ -35,6 +35,7 @@ from sr_deploy.archs.blocks import RRRB
 from sr_deploy.archs.spec import (
     MAX_BLOCKS,
     MAX_CHANNELS,
+    NTIRE_MODEL_ZOO,
     ArchSpec,
     KeyLayout,
     PublishedWeights,
@@ -43,8 +44,6 @@ from sr_deploy.archs.spec import (
     slope_problem,
 )
 from sr_deploy.errors import SRDeployError
-
-MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
 #: ERBs inside one HFAB's gate branch. The paper uses 1 (body) and 2 (warm-up); the cap keeps a spec's total depth
 #: (blocks x ERBs) from multiplying two MAX_BLOCKS-sized numbers.
@@ -253,7 +252,7 @@ class FMENArch(Architecture[FMENSpec]):
             "team03_fmen.pth",
             "f20cde0828068c5f50d3b64aa82c8a363fe6abc8d536d1a9fd4d09899f019bea",
             "NJU_Jet (team 03), FMEN in deploy form (RRRBs folded into rep_conv), NTIRE 2022 ESR challenge",
-            MODEL_ZOO + "team03_fmen.pth",
+            NTIRE_MODEL_ZOO + "team03_fmen.pth",
         ),
     )
 

@@ -20,7 +20,15 @@ from torch import nn
 
 from sr_deploy.archs.base import Architecture, SRNet, StateDict, highest_index
 from sr_deploy.archs.blocks import ECB, RRRB, ParallelConv
-from sr_deploy.archs.spec import MAX_BLOCKS, MAX_CHANNELS, ArchSpec, KeyLayout, PublishedWeights, TilingPolicy
+from sr_deploy.archs.spec import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    NTIRE_MODEL_ZOO,
+    ArchSpec,
+    KeyLayout,
+    PublishedWeights,
+    TilingPolicy,
+)
 from sr_deploy.errors import SRDeployError
 
 #: The 3x3 convs inside an IMDN block; any subset may be trained as a collapsible block.
@@ -28,8 +36,6 @@ BLOCK_CONVS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4")
 
 #: What the convs in ``clb_convs`` are trained as. "plain" has none.
 BLOCK_TYPES: tuple[str, ...] = ("plain", "clb", "rrrb", "ecb")
-
-MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
 
 @dataclass(frozen=True)
@@ -225,14 +231,14 @@ class IMDNArch(Architecture[IMDNSpec]):
             "team26_imdn_nb7.pth",
             "c8bd64b7eebe5d955c00fb5626385e13fa5775518be77a265f3f74b5e33e55a7",
             "xilinxSR (team 26), collapsed 7-block IMDN of 'Efficient Image SR with Collapsible Linear Blocks'",
-            MODEL_ZOO + "team26_imdn_nb7.pth",
+            NTIRE_MODEL_ZOO + "team26_imdn_nb7.pth",
         ),
         PublishedWeights(
             "ntire:imdn-baseline",
             "imdn_baseline.pth",
             "115b4cc557eba9daaf1a6543c4858014c7e2a410655aafef7c8348ae54acc203",
             "the NTIRE 2022 ESR challenge's 8-block IMDN baseline",
-            MODEL_ZOO + "imdn_baseline.pth",
+            NTIRE_MODEL_ZOO + "imdn_baseline.pth",
         ),
     )
 

@@ -17,6 +17,7 @@ from torch import nn
 from sr_deploy.archs.base import Architecture, SRNet, StateDict, highest_index
 from sr_deploy.archs.esa import (
     ESA,
+    INEXACT_TILING_REASON,
     MIN_INPUT_SIZE,
     pixel_shuffle_tail,
     scale_of,
@@ -25,6 +26,7 @@ from sr_deploy.archs.esa import (
 from sr_deploy.archs.spec import (
     MAX_BLOCKS,
     MAX_CHANNELS,
+    NTIRE_MODEL_ZOO,
     ArchSpec,
     KeyLayout,
     PublishedWeights,
@@ -33,8 +35,6 @@ from sr_deploy.archs.spec import (
     slope_problem,
 )
 from sr_deploy.errors import SRDeployError
-
-MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,7 @@ class RFDNArch(Architecture[RFDNSpec]):
     input_range: ClassVar[float] = 255.0
     tiling: ClassVar[TilingPolicy] = TilingPolicy(
         exact=False,
-        reason="ESA's stride-2 conv, 7x7/3 max-pool and bilinear resize to the input size make every output pixel "
-        "depend on the tile's position and size, so no overlap reproduces the whole-image result exactly",
+        reason=INEXACT_TILING_REASON,
         # python benchmarks/tiling_inexact.py (benchmarks/results/tiling_inexact.md): worst Set14 image.
         measured="published weights on Set14: worst image "
         "47.4 / 54.5 dB from the whole image at 70 / 134-pixel tiles, mean PSNR within 0.004 dB",
@@ -177,7 +176,7 @@ class RFDNArch(Architecture[RFDNSpec]):
             "rfdn_baseline.pth",
             "11af8ec8ebd68689e90ef1e29044f9804c72d3bd9f7573820b7b26035782760c",
             "the NTIRE 2022 ESR challenge's RFDN baseline (AIM 2020 efficient SR winner, 4 blocks of 50 channels)",
-            MODEL_ZOO + "rfdn_baseline.pth",
+            NTIRE_MODEL_ZOO + "rfdn_baseline.pth",
         ),
     )
 

@@ -17,6 +17,7 @@ from torch import nn
 from sr_deploy.archs.base import Architecture, SRNet, StateDict, highest_index
 from sr_deploy.archs.esa import (
     ESA,
+    INEXACT_TILING_REASON,
     MIN_INPUT_SIZE,
     pixel_shuffle_tail,
     scale_of,
@@ -25,6 +26,7 @@ from sr_deploy.archs.esa import (
 from sr_deploy.archs.spec import (
     MAX_BLOCKS,
     MAX_CHANNELS,
+    NTIRE_MODEL_ZOO,
     ArchSpec,
     KeyLayout,
     PublishedWeights,
@@ -33,8 +35,6 @@ from sr_deploy.archs.spec import (
     slope_problem,
 )
 from sr_deploy.errors import SRDeployError
-
-MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ class RLFNArch(Architecture[RLFNSpec]):
     input_range: ClassVar[float] = 255.0
     tiling: ClassVar[TilingPolicy] = TilingPolicy(
         exact=False,
-        reason="ESA's stride-2 conv, 7x7/3 max-pool and bilinear resize to the input size make every output pixel "
-        "depend on the tile's position and size, so no overlap reproduces the whole-image result exactly",
+        reason=INEXACT_TILING_REASON,
         # python benchmarks/tiling_inexact.py (benchmarks/results/tiling_inexact.md): worst Set14 image.
         measured="published weights on Set14: worst image "
         "45.1 / 55.1 dB from the whole image at 62 / 126-pixel tiles, mean PSNR within 0.013 dB",
@@ -194,7 +193,7 @@ class RLFNArch(Architecture[RLFNSpec]):
             "team04_rlfn.pth",
             "ca81b7757708ce749ac3766589690db6c2729961d026c0137e7659924ec36622",
             "ByteESR (team 04), NTIRE 2022 ESR runtime winner: RLFN with 4 blocks of 46 channels",
-            MODEL_ZOO + "team04_rlfn.pth",
+            NTIRE_MODEL_ZOO + "team04_rlfn.pth",
         ),
     )
 

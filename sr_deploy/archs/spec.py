@@ -170,6 +170,10 @@ class KeyLayout:
         return have - clash
 
 
+#: The NTIRE 2022 Efficient SR challenge's model zoo, where the published checkpoints come from.
+NTIRE_MODEL_ZOO = "https://raw.githubusercontent.com/ofsoundof/NTIRE2022_ESR/main/model_zoo/"
+
+
 @dataclass(frozen=True)
 class PublishedWeights:
     """A checkpoint from a model zoo that `--weights NAME` fetches once into the cache, checked by sha256."""
