@@ -196,6 +196,10 @@ def test_metadata_records_calibration_method_and_float_layers(int8_graph: Path, 
     quant = json.loads(meta.props["quantization"])
     assert quant["float_layers"] == [] and meta.props["float_layers"] == ""
     assert "onnxruntime" in quant["method"]["quantizer"] and quant["method"]["calibration"] == "percentile"
+    # The tensor through which the first conv reads the image centred, read back from the graph itself.
+    assert quant[qz.CENTRED_KEY] == qz.centred_inputs(onnx.load(str(int8_graph))) and list(
+        quant[qz.CENTRED_KEY].values()
+    ) == [0.5]
 
 
 def test_split_free_rewrite_is_exact_on_the_int8_graph(int8_graph: Path) -> None:

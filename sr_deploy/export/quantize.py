@@ -901,7 +901,8 @@ def add_int8_metadata(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """The export's metadata (so `read_onnx_metadata` and every backend read it as usual) with precision int8, plus
-    what made this graph: the calibration set's hash, the method and the layers left in floating point.
+    what made this graph: the calibration set's hash, the method, the layers left in floating point and the tensors
+    through which a conv reads the image centred.
 
     `method` and `extra` let quantization-aware training say what it did (its steps, learning rate, data) in the
     same keys; `data_sha256` names the data the scales came from when that is not the calibration set alone."""
@@ -913,6 +914,7 @@ def add_int8_metadata(
         "float_layers": list(float_layers),
         "y_drop_db": step.y_drop_db,
         "gates": options.gates.to_dict(),
+        CENTRED_KEY: centred_inputs(model),
         **(extra or {}),
     }
     props = {
@@ -1008,7 +1010,7 @@ def quantize_model(
     with tempfile.TemporaryDirectory(prefix="srdeploy-quantize-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         original = build_onnx_model(deploy)
-        fp32_proto, centred = centre_image_convs(original)
+        fp32_proto, _ = centre_image_convs(original)
         onnx.save_model(fp32_proto, str(fp32_path))
         layers = conv_layers(fp32_proto)
         if not layers:
@@ -1058,9 +1060,7 @@ def quantize_model(
         audit, ops = check_for_tensorrt(chosen, spec, path)
         say("gating the bf16 remainder (OpenVINO)")
         remainder = bf16_remainder_verdict(chosen.SerializeToString(), references, reference, border, options.gates)
-        extra: dict[str, Any] = {CENTRED_KEY: centred}
-        if remainder is not None:
-            extra[BF16_REMAINDER_KEY] = remainder
+        extra = {BF16_REMAINDER_KEY: remainder} if remainder is not None else None
         add_int8_metadata(chosen, spec, weights_sha256, options, calib, float_layers, final, extra=extra)
         digest, size = save_int8_graph(chosen, path)
     seconds["total"] = time.perf_counter() - t0

@@ -51,7 +51,6 @@ from sr_deploy.errors import GateFailedError, SRDeployError
 from sr_deploy.export.onnx import ReferenceImage, build_onnx_model
 from sr_deploy.export.quantize import (
     BF16_REMAINDER_KEY,
-    CENTRED_KEY,
     IMAGE_SUFFIXES,
     CalibrationSet,
     QdqAudit,
@@ -694,7 +693,7 @@ def qat_quantize(
     with tempfile.TemporaryDirectory(prefix="srdeploy-qat-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         original = build_onnx_model(teacher)
-        fp32_proto, centred = centre_image_convs(original)
+        fp32_proto, _ = centre_image_convs(original)
         onnx.save_model(fp32_proto, str(fp32_path))
         reference = fp32_reference(original.SerializeToString(), references, border)
         note(f"calibrating on {len(calib.crops)} crops of {calib.crop}x{calib.crop} ({qopts.calibration})")
@@ -733,7 +732,6 @@ def qat_quantize(
     remainder = bf16_remainder_verdict(graph.SerializeToString(), references, reference, border, qopts.gates)
     extra = {
         **({BF16_REMAINDER_KEY: remainder} if remainder is not None else {}),
-        CENTRED_KEY: centred,
         "fine_tune": log.to_dict(),
         "data": data.to_dict(),
         "finetuned_fp32_mean_y_psnr": finetuned_fp32.mean_y_psnr,
